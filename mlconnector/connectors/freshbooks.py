@@ -1,0 +1,137 @@
+"""FreshBooks accounting API (api/freshbooks.md).
+
+Odd things handled here: errors can arrive in a 200 body; every path needs an account_id
+learned from users/me; bills and bill vendors cannot be filtered by update time, so they
+are read by a full paged scan and the engine skips what it already synced; bill payments
+have no timestamp and no natural key of their own, so we write the BILL payment id into
+the note and look for it before creating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import (
+    ApiError,
+    AuthError,
+    NotFound,
+    ReauthRequired,
+    RejectedError,
+    Throttled,
+)
+from ..http import HttpClient, Response
+from .base import Connector, Endpoint, dig
+
+PER_PAGE = 100  # the API silently caps per_page at 100
+
+
+class FreshBooksPages:
+    """`page`/`per_page` with `pages` in the envelope; a page past the end is empty."""
+
+    def pages(self, http: HttpClient, path: str, params: dict[str, Any],
+              list_key: str | None) -> Iterator[list[dict[str, Any]]]:
+        result_key, _, rows_key = (list_key or "").rpartition(".")
+        page = 1
+        while True:
+            body = http.get(path, params={**params, "page": page, "per_page": PER_PAGE}).body
+            result = dig(body, result_key) or {}
+            rows = result.get(rows_key) or []
+            yield rows
+            if not rows or page >= int(result.get("pages") or 1):
+                return
+            page += 1
+
+
+def _error(resp: Response) -> tuple[int | None, str]:
+    body = resp.body if isinstance(resp.body, dict) else {}
+    errors = dig(body, "response.errors")
+    if isinstance(errors, list) and errors:
+        first = errors[0] if isinstance(errors[0], dict) else {}
+        return first.get("errno"), str(first.get("message", "")) + (
+            f" (field {first['field']})" if first.get("field") else "")
+    if "errno" in body:
+        return body.get("errno"), str(body.get("message", ""))
+    if "error" in body:
+        return None, f"{body.get('error')}: {body.get('error_description', '')}"
+    if "code" in body and "message" in body:  # the google-rpc style body of 2024
+        return body.get("code"), str(body.get("message"))
+    return None, resp.text[:200] if resp.status >= 400 else ""
+
+
+def classify(resp: Response) -> ApiError | None:
+    """FreshBooks' own answers; 429 and 5xx fall through to http.py's defaults."""
+    body = resp.body if isinstance(resp.body, dict) else {}
+    in_200 = resp.status < 400 and dig(body, "response.errors")
+    if resp.status < 400 and not in_200:
+        return None
+    errno, message = _error(resp)
+    kw = {"system": "freshbooks", "status": resp.status,
+          "code": str(errno) if errno is not None else None}
+    if resp.status == 401 or errno == 1003:
+        return ReauthRequired(message or "access token refused", **kw)
+    if resp.status == 403:
+        return AuthError(f"FreshBooks refused access: {message} (the token lacks a scope)",
+                         system="freshbooks", fix="run: mlconnector auth login <system>")
+    if resp.status == 409 or errno == 409:
+        return Throttled(message or "resource being modified by another request", **kw)
+    if resp.status == 404 or errno in (1011, 1012):
+        return NotFound(message or "not found", **kw)
+    if in_200 or 400 <= resp.status < 500 and resp.status != 429:
+        return RejectedError(message or "refused", **kw)
+    return None
+
+
+class FreshBooks(Connector):
+    system_type = "freshbooks"
+    paginator = FreshBooksPages()
+    write_concurrency = 2  # no published limit; the SDKs and the API page advise 1-2
+    endpoints = {
+        "bill_vendors": Endpoint("bill_vendors/bill_vendors", id_field="vendorid",
+                                 list_key="response.result.bill_vendors",
+                                 item_key="response.result.bill_vendor",
+                                 version_field="updated_at", label="bill vendor"),
+        "bills": Endpoint("bills/bills", list_key="response.result.bills",
+                          item_key="response.result.bill", version_field="updated_at",
+                          label="bill"),
+        "bill_payments": Endpoint("bill_payments/bill_payments",
+                                  list_key="response.result.bill_payments",
+                                  item_key="response.result.bill_payment",
+                                  label="bill payment"),
+        "categories": Endpoint("expenses/categories", list_key="response.result.categories",
+                               item_key="response.result.category", version_field="updated_at",
+                               label="expense category"),
+    }
+
+    def __init__(self, http: HttpClient, *, account_id: str):
+        super().__init__(http)
+        self.account_id = account_id
+
+    def root(self) -> str:
+        return f"/accounting/account/{self.account_id}"
+
+    def find(self, entity: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        if entity == "bill_payments":
+            # The BILL bill-payment id is in our note: the bill's own payments tell.
+            bill = self.get("bills", str(payload["billid"]))
+            marker = payload.get("note") or ""
+            for paid in bill.get("bill_payments") or []:
+                if marker and marker in (paid.get("note") or "") and paid.get("vis_state") in (
+                        0, None):
+                    return paid
+        return None
+
+
+def discover_account_id(http: HttpClient, chosen: str | None = None) -> list[dict[str, str]]:
+    """The businesses the token can reach, owners and partners first."""
+    me = http.get("/auth/api/v1/users/me").body.get("response", {})
+    found = []
+    for membership in me.get("business_memberships") or []:
+        business = membership.get("business") or {}
+        if business.get("account_id"):
+            found.append({"account_id": str(business["account_id"]),
+                          "name": str(business.get("name") or ""),
+                          "role": str(membership.get("role") or "")})
+    order = {"owner": 0, "business_partner": 1}
+    found.sort(key=lambda b: order.get(b["role"], 2))
+    return found
