@@ -42,6 +42,7 @@ class FlowStats:
     created: int = 0
     updated: int = 0
     matched: int = 0
+    voided: int = 0
     unchanged: int = 0
     skipped: int = 0
     held: int = 0
@@ -85,6 +86,7 @@ class _Job:
     decisions: list[dict[str, Any]]
     target_id: str | None
     replay: bool = False
+    void: bool = False
 
 
 class _KeyLocks:
@@ -118,6 +120,7 @@ class PairRun:
         self._lock = threading.Lock()
         self._result: RunResult | None = None
         self._consecutive_transient = 0
+        self._dry_created: set[tuple[str, str]] = set()  # what a dry run would have created
 
     # -- entry points ---------------------------------------------------------------------
     def run(self, *, full: bool = False, since: str | None = None,
@@ -241,6 +244,10 @@ class PairRun:
                 return None
             if parked and parked.payload.get("version") == rec.version:
                 return None  # still parked from an earlier run: counted in the totals
+        void = flow.definition.void_when
+        if known and void and self.options.get("deletes") == "void" and all(
+                str(rec.data.get(f)) in allowed for f, allowed in void.items()):
+            return _Job(flow, rec, {}, [], known.target_id, replay, void=True)
         for fld, allowed in flow.definition.only.items():
             if str(rec.data.get(fld)) not in allowed:
                 stats.skipped += 1
@@ -253,9 +260,10 @@ class PairRun:
             self._hold(flow, rec, exc, stats, quiet=quiet_hold)
             return None
         digest = payload_hash(result.payload)
-        if known and known.payload_hash == digest and not self.dry_run:
-            self.state.record_synced(self.name, flow.name, rec.id, known.target_id,
-                                     rec.version, digest, self.clock.now())
+        if known and known.payload_hash == digest:
+            if not self.dry_run:
+                self.state.record_synced(self.name, flow.name, rec.id, known.target_id,
+                                         rec.version, digest, self.clock.now())
             stats.unchanged += 1
             self._audit("record.skipped", flow, rec.id, known.target_id,
                         reason="no change in what would be written")
@@ -283,7 +291,11 @@ class PairRun:
         writer = self.sides[fdef.write_side]
         entity = fdef.write_entity
         try:
-            if job.target_id:
+            if job.void:
+                action, target_id = "voided", job.target_id or ""
+                if not self.dry_run:
+                    writer.delete(entity, target_id)
+            elif job.target_id:
                 action, target_id = "updated", job.target_id
                 if not self.dry_run:
                     writer.update(entity, target_id, job.payload)
@@ -300,6 +312,8 @@ class PairRun:
                                 "records share its natural key")
                     elif self.dry_run:
                         action, target_id = "created", ""
+                        with self._lock:
+                            self._dry_created.add((flow.name, rec.id))
                     else:
                         action = "created"
                         target_id = writer.id_of(entity, writer.create(entity, job.payload))
@@ -378,6 +392,8 @@ class PairRun:
 
     # -- helpers ----------------------------------------------------------------------------
     def _resolve_ref(self, flow: str, value: str, reverse: bool) -> str | None:
+        if self.dry_run and not reverse and (flow, value) in self._dry_created:
+            return f"(new {flow} {value})"
         if reverse:
             hit = self.state.mapped_by_target(self.name, flow, value)
             return hit.source_id if hit else None

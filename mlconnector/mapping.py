@@ -179,7 +179,8 @@ class FieldMap:
         if "lookup" in rule:
             return self._lookup(rule, record, ctx, where, decisions, missing)
         if "ref" in rule and not empty(value):
-            return self._ref(rule, str(value), ctx, where, decisions, missing)
+            found = self._ref(rule, str(value), ctx, where, decisions, missing)
+            return convert(found, rule["type"]) if "type" in rule and found else found
         if "values" in rule and not empty(value):
             table = rule["values"]
             hit = table.get(str(value))

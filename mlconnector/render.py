@@ -8,8 +8,8 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-COLUMNS = ("read", "created", "updated", "matched", "unchanged", "skipped", "held", "failed",
-           "api_calls", "seconds")
+COLUMNS = ("read", "created", "updated", "matched", "voided", "unchanged", "skipped", "held",
+           "failed", "api_calls", "seconds")
 
 
 def _tty() -> bool:

@@ -139,6 +139,9 @@ class Connector:
                              idempotent=True)
         return dig(resp.body, ep.item_key)
 
+    def delete(self, entity: str, obj_id: str) -> None:
+        raise NotImplementedError(f"{self.system_type} cannot delete {entity}")
+
     def find(self, entity: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         """The target record with the same natural key, or None. Every create is
         preceded by this, so a crash between a write and its local commit heals."""

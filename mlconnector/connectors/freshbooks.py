@@ -106,20 +106,41 @@ class FreshBooks(Connector):
     def __init__(self, http: HttpClient, *, account_id: str):
         super().__init__(http)
         self.account_id = account_id
+        self._bills: dict[str, dict[str, Any]] = {}  # read by find, for create's currency
 
     def root(self) -> str:
         return f"/accounting/account/{self.account_id}"
+
+    def delete(self, entity: str, obj_id: str) -> None:
+        # vis_state alone: a PUT carrying vis_state discards every other field anyway
+        ep = self.endpoints[entity]
+        self.http.put(self.url(entity, obj_id), json=self.wrap(ep, {"vis_state": 1}),
+                      idempotent=True)
+
+    def create(self, entity: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if entity == "bill_payments" and "code" not in payload.get("amount", {}):
+            # a bill payment is in its bill's currency, which the BILL payment does not say
+            bill = self._bills.get(str(payload["billid"])) or self.get(
+                "bills", str(payload["billid"]))
+            payload = {**payload, "amount": {**payload["amount"],
+                                             "code": bill.get("currency_code") or "USD"}}
+        return super().create(entity, payload)
 
     def find(self, entity: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         if entity == "bill_payments":
             # The BILL bill-payment id is in our note: the bill's own payments tell.
             bill = self.get("bills", str(payload["billid"]))
+            self._bills[str(payload["billid"])] = bill
             marker = payload.get("note") or ""
             for paid in bill.get("bill_payments") or []:
                 if marker and marker in (paid.get("note") or "") and paid.get("vis_state") in (
                         0, None):
                     return paid
         return None
+
+
+    def reset_run_caches(self) -> None:
+        self._bills.clear()
 
 
 def discover_account_id(http: HttpClient, chosen: str | None = None) -> list[dict[str, str]]:

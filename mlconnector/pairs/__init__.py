@@ -24,6 +24,7 @@ class FlowDef:
     write_entity: str
     fields: dict[str, Any]
     only: dict[str, list[str]] = field(default_factory=dict)
+    void_when: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ def pair_definition(source_type: str, target_type: str) -> PairDef | None:
         FlowDef(name=f["name"], label=f.get("label", f["name"]),
                 read_side=f["read"]["side"], read_entity=f["read"]["entity"],
                 write_side=f["write"]["side"], write_entity=f["write"]["entity"],
-                fields=f["fields"], only=f.get("only", {}))
+                fields=f["fields"], only=f.get("only", {}),
+                void_when=f.get("void_when", {}))
         for f in raw["flows"]
     ]
     return PairDef(key, raw.get("description", ""), flows, raw.get("lookups", {}),

@@ -1,0 +1,107 @@
+"""Shared fixtures: the sandbox emulators on loopback, a throwaway keyring, a data dir and
+a config written the way a user would write it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keyring
+import pytest
+import tomli_w
+
+from mlconnector.clock import FakeClock
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """No test touches the real keyring, the user's config or data dir."""
+    from mlconnector.sandbox.keyring_backend import SandboxKeyring
+
+    ring_file = tmp_path / "keyring.json"
+    monkeypatch.setenv("MLCONNECTOR_SANDBOX_KEYRING", str(ring_file))
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND",
+                       "mlconnector.sandbox.keyring_backend.SandboxKeyring")
+    monkeypatch.setenv("MLCONNECTOR_DATA_DIR", str(tmp_path / "data"))
+    for key in list(os.environ):
+        if key.startswith("MLCONNECTOR_") and key not in (
+                "MLCONNECTOR_SANDBOX_KEYRING", "MLCONNECTOR_DATA_DIR"):
+            monkeypatch.delenv(key)
+    previous = keyring.get_keyring()
+    keyring.set_keyring(SandboxKeyring())
+    yield
+    keyring.set_keyring(previous)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+class Business:
+    """A FreshBooks and a BILL sandbox, a config naming them, and helpers to sync."""
+
+    def __init__(self, fb, bill, tmp_path: Path, monkeypatch):
+        self.fb, self.bill, self.tmp_path = fb, bill, tmp_path
+        self.data_dir = tmp_path / "data"
+        self.config_path = tmp_path / "connectors.toml"
+        monkeypatch.setenv("MLCONNECTOR_BOOKS_CLIENT_SECRET", fb.client_secret)
+        monkeypatch.setenv("MLCONNECTOR_BOOKS_REFRESH_TOKEN", fb.issue_refresh_token())
+        monkeypatch.setenv("MLCONNECTOR_AP_DEV_KEY", bill.dev_key)
+        monkeypatch.setenv("MLCONNECTOR_AP_PASSWORD", bill.password)
+        self.gl: dict[str, str] = {}
+        self.fallbacks: dict[str, str] = {}
+        self.options: dict[str, str] = {}
+
+    def write_config(self) -> Path:
+        doc = {
+            "systems": {
+                "books": {"type": "freshbooks", "client_id": self.fb.client_id,
+                          "base_url": self.fb.base_url},
+                "ap": {"type": "bill", "base_url": self.bill.base_url,
+                       "organization_id": self.bill.organization_id,
+                       "username": self.bill.username},
+            },
+            "pairs": {"freshbooks-bill": {"source": "books", "target": "ap",
+                                          "lookups": {"gl_accounts": self.gl},
+                                          "fallbacks": self.fallbacks,
+                                          "options": self.options}},
+        }
+        self.config_path.write_text(tomli_w.dumps(doc))
+        return self.config_path
+
+    def config(self):
+        from mlconnector.config import load_config
+
+        return load_config(self.write_config())
+
+    def sync(self, **kw):
+        from mlconnector.runner import run_pairs
+
+        (result,) = run_pairs(self.config(), ["freshbooks-bill"], **kw)
+        return result
+
+    def replay(self, ids=None):
+        from mlconnector.runner import replay
+
+        return replay(self.config(), ids, pair=None if ids else "freshbooks-bill")
+
+    def state(self):
+        from mlconnector.state import State
+
+        return State(self.data_dir / "state.db")
+
+    def category(self, name: str, mapped: bool = True) -> int:
+        cat = self.fb.add_category(name)
+        if mapped:
+            account = self.bill.add_chart_of_account(name)
+            self.gl[name] = account["id"]
+        return cat["categoryid"]
+
+
+@pytest.fixture
+def business(tmp_path, monkeypatch):
+    from mlconnector.sandbox import BillSandbox, FreshBooksSandbox
+
+    with FreshBooksSandbox() as fb, BillSandbox() as bill:
+        yield Business(fb, bill, tmp_path, monkeypatch)
