@@ -15,10 +15,12 @@ from _common import prepare  # noqa: E402
 def peak_rss_mb(n: int) -> float:
     fb, bill, path, env = prepare(n)
     try:
-        code = ("import resource, runpy, sys; sys.argv=['mlconnector','--config',%r,'sync',"
-                "'freshbooks-bill'];\ntry:\n runpy.run_module('mlconnector', run_name='__main__')"
-                "\nexcept SystemExit: pass\nprint(resource.getrusage(resource.RUSAGE_SELF)"
-                ".ru_maxrss, file=sys.stderr)") % str(path)
+        code = ("import resource, runpy, sys\n"
+                f"sys.argv = ['mlconnector', '--config', {str(path)!r}, 'sync', "
+                "'freshbooks-bill']\n"
+                "try:\n    runpy.run_module('mlconnector', run_name='__main__')\n"
+                "except SystemExit:\n    pass\n"
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                               text=True)
         assert len(bill.bills) == n, done.stdout + done.stderr

@@ -38,13 +38,13 @@ def demo_config(fb_url: str, bill_url: str, data_dir: Path, gl_lookup: dict[str,
 def run_demo(*, keep: str | None = None, latency: float = 0.0) -> int:
     import keyring
 
+    from . import render
     from .config import load_config
     from .runner import replay, run_pairs, worst_exit
     from .sandbox import BillSandbox, FreshBooksSandbox, Knobs
     from .sandbox.keyring_backend import SandboxKeyring
     from .sandbox.seed import seed_demo
     from .state import State
-    from . import render
 
     work = Path(keep).resolve() if keep else Path(tempfile.mkdtemp(prefix="mlconnector-demo-"))
     work.mkdir(parents=True, exist_ok=True)

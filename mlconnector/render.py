@@ -205,7 +205,7 @@ def show_config(cfg: Any, pairs: list[Any], *, as_json: bool = False) -> None:
             out.write(f"  option {opt} = {value!r}  ({spec.get('help', '')})\n")
         for lk, spec in p["documented_lookups"].items():
             out.write(f"  lookup {lk}: {p['lookups'].get(lk, 0)} entries  ({spec.get('help')})\n")
-        for fb, spec in p["documented_fallbacks"].items():
+        for fb in p["documented_fallbacks"]:
             out.write(f"  fallback {fb} = {p['fallbacks'].get(fb, '(none: hold)')}\n")
         for f in p["flows"]:
             out.write(f"  flow {f['name']}: {f['reads']} -> {f['writes']}\n")

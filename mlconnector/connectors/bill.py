@@ -154,7 +154,8 @@ class Bill(Connector):
         if entity == "vendors":
             return "v:" + str(payload.get("name", "")).strip().lower()
         if entity == "bills":
-            return f"b:{payload.get('vendorId')}:{(payload.get('invoice') or {}).get('invoiceNumber')}"
+            number = (payload.get("invoice") or {}).get("invoiceNumber")
+            return f"b:{payload.get('vendorId')}:{number}"
         return None
 
     def _find_vendor(self, payload: dict[str, Any]) -> dict[str, Any] | None:
