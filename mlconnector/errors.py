@@ -3,6 +3,7 @@
 | class               | engine action                                              | exit |
 |---------------------|------------------------------------------------------------|------|
 | RetryableError      | http.py retries it (backoff, Retry-After); never escapes   |  -   |
+| Throttled           | the same, and safe to resend a POST: nothing was processed |  -   |
 | ReauthRequired      | http.py refreshes the credential once and repeats the call |  -   |
 | TransientError      | a write whose retries ran out: the record is parked and    |  4   |
 |                     | retried by later runs on their own                         |      |
@@ -103,3 +104,8 @@ class UnavailableError(ApiError):
     """Abort the run: unreachable after retries, or refusing calls until later."""
 
     exit_code = 5
+
+
+class Throttled(RetryableError):
+    """Refused before it was processed (429, BILL BDC_1322, a write collision): safe to
+    send again even when the call is not idempotent."""
