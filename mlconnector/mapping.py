@@ -213,8 +213,8 @@ class FieldMap:
         tried = []
         for path in rule.get("keys", []):
             key = get_path(record, path)
-            if empty(key):
-                continue
+            if empty(key) or isinstance(key, Mapping | list):
+                continue  # e.g. `category` is an object in one API version, a name in another
             tried.append(str(key))
             if str(key) in table:
                 decisions.append({"field": where, "rule": "lookup", "table": table_name,
