@@ -298,4 +298,4 @@ def _shown_path(path: str, params: Mapping[str, Any] | None) -> str:
     if not params:
         return path
     shown = {k: ("[redacted]" if k.lower() in SECRET_PARAMS else v) for k, v in params.items()}
-    return f"{path}?{urlencode(shown, doseq=True)}"
+    return f"{path}?{urlencode(shown, doseq=True, safe='[]:,')}"
