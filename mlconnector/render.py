@@ -101,16 +101,21 @@ def _rich_result(r: Any) -> None:
     con = _console()
     title = f"{r.pair} — run {r.run_id}" + (" (dry run: nothing written)" if r.dry_run else "")
     table = Table(title=title, title_justify="left")
-    table.add_column("flow")
-    for c in COLUMNS:
-        table.add_column(c.replace("_", " "), justify="right")
+    table.add_column("flow", no_wrap=True)
+    # rarely-used columns only when they have something to say, to fit 80 columns
+    shown = [c for c in COLUMNS if c not in ("voided", "skipped", "matched")
+             or any(getattr(s, c) for s in r.flows.values())]
+    for c in shown:
+        table.add_column({"api_calls": "calls", "seconds": "secs"}.get(c, c), justify="right",
+                         no_wrap=True)
     for name, s in r.flows.items():
-        table.add_row(name, *[str(getattr(s, c)) for c in COLUMNS])
+        table.add_row(name, *[str(getattr(s, c)) for c in shown])
     con.print(table)
     if r.alarms:
         alarms = Table(title="needs your hands", title_justify="left")
-        for col in ("replay id", "flow", "source id", "state", "reason"):
-            alarms.add_column(col)
+        for col in ("replay id", "flow", "source id", "state"):
+            alarms.add_column(col, no_wrap=True)
+        alarms.add_column("reason", ratio=1)
         for a in r.alarms:
             alarms.add_row(str(a.parked_id), a.flow, a.source_id, a.kind, a.reason)
         con.print(alarms)
@@ -144,12 +149,13 @@ def show_failures(parked: list[Any], *, as_json: bool = False) -> None:
 
     table = Table(title="held and failed records (replay with: mlconnector replay ID)",
                   title_justify="left")
-    for col in ("id", "pair", "flow", "source id", "state", "attempts", "since", "reason"):
-        table.add_column(col)
+    for col in ("id", "pair", "flow", "source id", "state", "tries"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("reason", ratio=1)
     for p in parked:
         table.add_row(str(p.id), p.pair, p.flow, p.source_id,
                       p.kind + (" (auto-retry)" if p.transient else ""), str(p.attempts),
-                      p.created_at, p.reason)
+                      p.reason)
     _console().print(table)
 
 
