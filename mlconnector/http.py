@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import random
 import threading
 import time
@@ -164,6 +165,18 @@ class _RateLimit:
             self.clock.sleep(wait)
 
 
+def _session(base_url: str) -> requests.Session:
+    """A session that reads the proxy and CA settings of the environment once, not on
+    every request (requests re-reads os.environ per call: a fifth of a fast sync)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = requests.utils.get_environ_proxies(base_url)
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    return session
+
+
 class HttpClient:
     def __init__(self, system: str, base_url: str, *, classify: Classify | None = None,
                  authenticator: Authenticator | None = None, audit: AuditSink | None = None,
@@ -183,7 +196,7 @@ class HttpClient:
         self.timeout, self.max_retries = timeout, max_retries
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.retry_after_cap, self.clock, self.jitter = retry_after_cap, clock, jitter
-        self.session = session or requests.Session()
+        self.session = session or _session(self.base_url)
         adapter = requests.adapters.HTTPAdapter(pool_connections=4,
                                                 pool_maxsize=max(4, max_in_flight * 2))
         self.session.mount("http://", adapter)
