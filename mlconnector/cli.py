@@ -15,6 +15,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                        "GL account, with an audit trail.")
 config_app = typer.Typer(no_args_is_help=True, help="Check the configuration.")
 app.add_typer(config_app, name="config")
+auth_app = typer.Typer(no_args_is_help=True, help="Credentials and consent.")
+app.add_typer(auth_app, name="auth")
 
 _state: dict[str, Any] = {"config": None}
 
@@ -190,6 +192,172 @@ def demo(keep: str = typer.Option(None, "--keep", help="Keep the demo's config, 
         from .demo import run_demo
 
         return run_demo(keep=keep, latency=latency)
+
+    _exit(body)
+
+
+def _system(cfg, name: str):
+    from .errors import ConfigError
+
+    system = cfg.systems.get(name)
+    if system is None:
+        raise ConfigError(f"no system named {name!r}; configured: "
+                          f"{', '.join(cfg.systems) or 'none'}", key="systems")
+    return system
+
+
+def _auth_context(cfg, name: str):
+    from .audit import Audit
+    from .runner import open_state
+
+    state, directory = open_state(cfg)
+    audit = Audit(directory / "audit", run_id=None, pair=None)
+    return _system(cfg, name), state, audit, directory
+
+
+@auth_app.command("login")
+def auth_login(system: str = typer.Argument(..., help="A [systems.NAME] of an OAuth type."),
+               no_browser: bool = typer.Option(False, "--no-browser",
+                                               help="Print the address; paste the redirect."),
+               account_id: str = typer.Option(None, "--account-id",
+                                              help="The business to use, if several.")) -> None:
+    """OAuth consent in the browser; stores the tokens and learns the account id."""
+
+    def body() -> int:
+        from .consent import login
+
+        cfg = _load()
+        sys_cfg, state, audit, directory = _auth_context(cfg, system)
+        headless = no_browser or not (os.environ.get("DISPLAY") or sys.platform == "darwin"
+                                      or os.name == "nt")
+
+        def choose(pool):
+            for i, b in enumerate(pool, 1):
+                sys.stderr.write(f"  {i}. {b['name']} ({b['account_id']}, {b['role']})\n")
+            pick = typer.prompt("Which business", type=int)
+            return pool[pick - 1]["account_id"]
+
+        try:
+            done = login(sys_cfg, state_db=state, audit=audit, data_dir=directory,
+                         no_browser=headless, account_id=account_id,
+                         choose=choose if sys.stdin.isatty() else None)
+        finally:
+            state.close()
+            audit.close()
+        sys.stdout.write(f"{system}: logged in; account {done['account_id']}; access token "
+                         f"valid until {done['expires']} UTC\n")
+        return 0
+
+    _exit(body)
+
+
+@auth_app.command("set")
+def auth_set(system: str = typer.Argument(...), field: str = typer.Argument(
+        ..., help="e.g. client_secret, refresh_token, dev_key, password")) -> None:
+    """Store a secret in the keyring: typed at a hidden prompt, or one line on stdin."""
+
+    def body() -> int:
+        import getpass
+
+        from .errors import ConfigError
+        from .secrets import SecretStore
+
+        cfg = _load()
+        sys_cfg = _system(cfg, system)
+        if field not in sys_cfg.secret_fields:
+            raise ConfigError(f"{sys_cfg.type} secrets are {', '.join(sys_cfg.secret_fields)}; "
+                              f"not {field!r}")
+        if sys.stdin.isatty():
+            value = getpass.getpass(f"{system}.{field} (hidden): ")
+        else:
+            value = sys.stdin.readline().rstrip("\r\n")
+        if not value:
+            raise ConfigError("nothing was given; nothing was stored")
+        store = SecretStore(system)
+        if field == "refresh_token":
+            store.save_refresh_token(value)
+        else:
+            store.set(field, value)
+        sys.stdout.write(f"stored {system}.{field} in the keyring\n")
+        if store.source(field) == "environment":
+            sys.stdout.write(f"note: {sys_cfg.env_var(field)} is set and wins over the "
+                             "keyring\n")
+        return 0
+
+    _exit(body)
+
+
+@auth_app.command("status")
+def auth_status(system: str = typer.Argument(None), as_json: bool = typer.Option(False, "--json")
+                ) -> None:
+    """Which secrets are present and where from, token expiry, last refresh (no values)."""
+
+    def body() -> int:
+        from .consent import status as get_status
+        from .runner import open_state
+
+        cfg = _load()
+        state, _ = open_state(cfg)
+        try:
+            names = [system] if system else list(cfg.systems)
+            rows = [get_status(_system(cfg, n), state) for n in names]
+        finally:
+            state.close()
+        if as_json:
+            sys.stdout.write(json.dumps(rows) + "\n")
+            return 0
+        for row in rows:
+            sys.stdout.write(f"{row['system']} ({row['type']})\n")
+            for field, where in row["secrets"].items():
+                sys.stdout.write(f"  {field}: {where}\n")
+            for key in ("account_id", "access_token_expires", "last_refresh",
+                        "session_last_used"):
+                if row.get(key):
+                    sys.stdout.write(f"  {key.replace('_', ' ')}: {row[key]}\n")
+            if not row["keyring_usable"]:
+                sys.stdout.write("  keyring: none usable — rotated tokens cannot be kept; "
+                                 "see the README (keyrings.cryptfile)\n")
+        return 0
+
+    _exit(body)
+
+
+@auth_app.command("logout")
+def auth_logout(system: str = typer.Argument(...)) -> None:
+    """Revoke where the provider allows, and forget tokens and sessions."""
+
+    def body() -> int:
+        from .consent import logout
+
+        cfg = _load()
+        sys_cfg, state, audit, _ = _auth_context(cfg, system)
+        try:
+            for line in logout(sys_cfg, state, audit) or ["nothing to forget"]:
+                sys.stdout.write(f"{system}: {line}\n")
+        finally:
+            state.close()
+            audit.close()
+        return 0
+
+    _exit(body)
+
+
+@auth_app.command("test")
+def auth_test(system: str = typer.Argument(...)) -> None:
+    """One cheap authenticated call: who are we connected as? Exit 3 if refused."""
+
+    def body() -> int:
+        from .consent import ping
+
+        cfg = _load()
+        sys_cfg, state, audit, directory = _auth_context(cfg, system)
+        try:
+            sys.stdout.write(ping(sys_cfg, state_db=state, audit=audit, data_dir=directory)
+                             + "\n")
+        finally:
+            state.close()
+            audit.close()
+        return 0
 
     _exit(body)
 

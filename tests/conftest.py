@@ -57,7 +57,7 @@ class Business:
         doc = {
             "systems": {
                 "books": {"type": "freshbooks", "client_id": self.fb.client_id,
-                          "base_url": self.fb.base_url},
+                          "base_url": self.fb.base_url, "auth_url": self.fb.base_url},
                 "ap": {"type": "bill", "base_url": self.bill.base_url,
                        "organization_id": self.bill.organization_id,
                        "username": self.bill.username},

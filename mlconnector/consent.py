@@ -1,0 +1,235 @@
+"""`mlconnector auth …`: consent, storing and inspecting credentials, and a ping.
+
+OAuth consent (authorization code): a random `state` that must come back unchanged; the
+browser where there is one, catching the redirect on a plain-http loopback redirect URI;
+otherwise (and always for FreshBooks' https-only redirect URIs, which nothing local can
+answer without a certificate) the user pastes the address the browser was sent to.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import secrets as pysecrets
+import sys
+import webbrowser
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from .audit import Audit
+from .clock import SYSTEM_CLOCK, Clock
+from .errors import AuthError, ConfigError, MlcError
+from .http import HttpClient, is_loopback
+from .secrets import SecretStore
+from .state import State
+
+OAUTH_TYPES = ("freshbooks",)
+FRESHBOOKS_SCOPES = (
+    "user:profile:read user:bills:read user:bills:write user:bill_vendors:read "
+    "user:bill_vendors:write user:bill_payments:read user:bill_payments:write "
+    "user:expenses:read"
+)
+
+
+def authorize_url(system: Any, state: str) -> str:
+    query = {"client_id": system.client_id, "response_type": "code",
+             "redirect_uri": system.redirect_uri, "state": state}
+    return f"{system.authorize_url()}?{urlencode(query)}"
+
+
+def parse_redirect(pasted: str, expected_state: str) -> str:
+    """The authorization code from the address the browser landed on."""
+    text = pasted.strip()
+    query = parse_qs(urlsplit(text).query) if "?" in text else parse_qs(text)
+    if "error" in query:
+        raise AuthError(f"consent was refused: {query['error'][0]} "
+                        f"{query.get('error_description', [''])[0]}".strip())
+    state = (query.get("state") or [""])[0]
+    if not pysecrets.compare_digest(state, expected_state):
+        raise AuthError("the redirect's state does not match this login (a stale or forged "
+                        "redirect); nothing was stored", fix="start again: mlconnector auth login")
+    code = (query.get("code") or [""])[0]
+    if not code:
+        raise AuthError("the pasted address has no authorization code")
+    return code
+
+
+def catch_redirect(redirect_uri: str, timeout: float = 300) -> str:
+    """Serve one request on a loopback http redirect URI; return the full URL hit."""
+    parts = urlsplit(redirect_uri)
+    hit: dict[str, str] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hit["url"] = f"{redirect_uri.split('?')[0]}?{urlsplit(self.path).query}"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(b"mlconnector: consent received; you can close this tab.\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer((parts.hostname or "127.0.0.1", parts.port or 80), Handler)
+    server.timeout = timeout
+    try:
+        server.handle_request()
+    finally:
+        server.server_close()
+    if "url" not in hit:
+        raise AuthError("no redirect arrived in time", fix="mlconnector auth login --no-browser")
+    return hit["url"]
+
+
+def login(system: Any, *, state_db: State, audit: Audit, data_dir: Path,
+          no_browser: bool = False, account_id: str | None = None,
+          read_line: Callable[[], str] | None = None, out: Callable[[str], None] | None = None,
+          open_browser: Callable[[str], bool] | None = None, clock: Clock = SYSTEM_CLOCK,
+          choose: Callable[[list[dict[str, str]]], str] | None = None) -> dict[str, str]:
+    if system.type not in OAUTH_TYPES:
+        raise ConfigError(f"`auth login` is for OAuth consent ({', '.join(OAUTH_TYPES)}); "
+                          f"{system.name} is {system.type}: store its secrets with "
+                          f"`mlconnector auth set {system.name} FIELD`")
+    say = out or (lambda s: sys.stderr.write(s + "\n"))
+    store = SecretStore(system.name)
+    client_secret = store.get("client_secret")
+    if not client_secret:
+        raise AuthError(f"{system.name}: no client_secret yet",
+                        fix=f"mlconnector auth set {system.name} client_secret")
+    if not store.writable():
+        raise AuthError(f"{system.name}: no keyring to keep the tokens in",
+                        fix="see `mlconnector auth status` and the README (keyrings.cryptfile)")
+    state = pysecrets.token_urlsafe(24)
+    url = authorize_url(system, state)
+    parts = urlsplit(system.redirect_uri)
+    local = parts.scheme == "http" and is_loopback(parts.hostname)
+    opener = open_browser or webbrowser.open
+    if not no_browser and local and opener(url):
+        say("Waiting for the browser to come back to " + system.redirect_uri)
+        landed = catch_redirect(system.redirect_uri)
+    else:
+        say("Open this address in a browser, approve access, then paste here the whole "
+            "address the browser was sent to (it may show an error page; that is fine):")
+        say(url)
+        landed = (read_line or sys.stdin.readline)()
+    code = parse_redirect(landed, state)
+    http = HttpClient(system.name, system.resolved_base_url(), audit=audit, clock=clock)
+    token_path = system.token_url()[len(http.base_url):]
+    resp = http.request("POST", token_path, data={
+        "grant_type": "authorization_code", "code": code, "client_id": system.client_id,
+        "client_secret": client_secret, "redirect_uri": system.redirect_uri},
+        authenticated=False, idempotent=False)
+    body = resp.body or {}
+    now = clock.now().timestamp()
+    expires_at = float(body.get("created_at") or now) + float(body.get("expires_in") or 3600)
+    store.save_refresh_token(body["refresh_token"])
+    store.set("access_token", json.dumps({"access_token": body["access_token"],
+                                          "expires_at": expires_at, "refreshed_at": now}))
+    headers = {"Authorization": f"Bearer {body['access_token']}"}
+    from .connectors.freshbooks import discover_account_id
+
+    http_auth = HttpClient(system.name, system.resolved_base_url(), audit=audit, clock=clock)
+    businesses = discover_account_id(_WithHeaders(http_auth, headers))
+    chosen = account_id or system.account_id
+    if not chosen:
+        owners = [b for b in businesses if b["role"] in ("owner", "business_partner")]
+        pool = owners or businesses
+        if len(pool) == 1:
+            chosen = pool[0]["account_id"]
+        elif pool and choose:
+            chosen = choose(pool)
+        else:
+            listing = ", ".join(f"{b['account_id']} ({b['name']}, {b['role']})" for b in pool)
+            raise AuthError(f"the login reaches several businesses: {listing or 'none'}",
+                            fix=f"mlconnector auth login {system.name} --account-id ID")
+    if chosen not in {b["account_id"] for b in businesses}:
+        raise AuthError(f"account {chosen} is not one this login can reach")
+    state_db.set_value(f"freshbooks:{system.name}:account_id", chosen)
+    audit.write("auth.login", system=system.name, account_id=chosen)
+    return {"account_id": chosen,
+            "expires": datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="minutes")}
+
+
+class _WithHeaders:
+    """An HttpClient that adds fixed headers (the token just received)."""
+
+    def __init__(self, http: HttpClient, headers: dict[str, str]):
+        self.http, self.headers = http, headers
+
+    def get(self, path: str, **kw: Any):
+        return self.http.request("GET", path, headers=self.headers, **kw)
+
+
+def status(system: Any, state_db: State) -> dict[str, Any]:
+    store = SecretStore(system.name)
+    out: dict[str, Any] = {"system": system.name, "type": system.type, "secrets": {}}
+    for field in system.secret_fields:
+        out["secrets"][field] = store.source(field) or "missing"
+        if field == "refresh_token" and store.source(field) == "environment" and \
+                store._kr_get("refresh_token") and store.get_refresh_token() != \
+                store.env.get(system.env_var("refresh_token")):
+            out["secrets"][field] = "keyring (rotated from the environment value)"
+    cached = store._kr_get("access_token")
+    if cached:
+        token = json.loads(cached)
+        out["access_token_expires"] = _when(token.get("expires_at"))
+        out["last_refresh"] = _when(token.get("refreshed_at"))
+    session = store._kr_get("session")
+    if session:
+        out["session_last_used"] = _when(json.loads(session).get("last_used"))
+    learned = state_db.get_value(f"freshbooks:{system.name}:account_id")
+    if learned or getattr(system, "account_id", None):
+        out["account_id"] = getattr(system, "account_id", None) or learned
+    out["keyring_usable"] = store.writable()
+    return out
+
+
+def logout(system: Any, state_db: State, audit: Audit) -> list[str]:
+    store = SecretStore(system.name)
+    done = []
+    if system.type == "freshbooks":
+        token = store.get_refresh_token()
+        secret = store.get("client_secret")
+        if token and secret:
+            try:
+                http = HttpClient(system.name, system.resolved_base_url(), audit=audit)
+                http.request("POST", "/auth/oauth/revoke", json={
+                    "client_id": system.client_id, "client_secret": secret, "token": token},
+                    authenticated=False, idempotent=True)
+                done.append("revoked the refresh token at FreshBooks")
+            except MlcError as exc:
+                done.append(f"could not revoke at FreshBooks ({exc}); forgotten here anyway")
+    for field in ("refresh_token", "refresh_token.bootstrap_sha256", "access_token",
+                  "session"):
+        if store._kr_get(field):
+            store.delete(field)
+            done.append(f"forgot {field}")
+    state_db.delete_value(f"freshbooks:{system.name}:account_id")
+    if store.source("refresh_token") == "environment":
+        done.append(f"{system.env_var('refresh_token')} is still set in the environment")
+    audit.write("auth.logout", system=system.name)
+    return done
+
+
+def ping(system: Any, *, state_db: State, audit: Audit, data_dir: Path) -> str:
+    from .connectors import open_system
+
+    conn = open_system(system, state=state_db, audit=audit, data_dir=data_dir)
+    if system.type == "freshbooks":
+        me = conn.http.get("/auth/api/v1/users/me").body.get("response", {})
+        names = [m.get("business", {}).get("name") for m in me.get("business_memberships", [])
+                 if m.get("business", {}).get("account_id") == conn.account_id]
+        return (f"connected to FreshBooks as {me.get('email', '?')}, business "
+                f"{names[0] if names else '?'} (account {conn.account_id})")
+    if system.type == "bill":
+        info = conn.http.get("/v3/login/session").body or {}
+        return (f"connected to BILL organization {info.get('organizationId', '?')} as user "
+                f"{info.get('userId', '?')}")
+    return f"connected to {system.name}"
+
+
+def _when(ts: Any) -> str | None:
+    return datetime.fromtimestamp(float(ts), UTC).isoformat(timespec="minutes") if ts else None
