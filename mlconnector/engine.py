@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -164,29 +165,49 @@ class PairRun:
                 self.on_progress(flow.name, stats)
 
     def _read_flow(self, flow: Flow, stats: FlowStats, full: bool, since: str | None) -> None:
+        """Pages are read while the previous page's writes are still in flight (so the
+        target's concurrency is used to the full), but the watermark moves only over pages
+        whose every record is handled, in order."""
         fdef = flow.definition
-        reader = self.sides[fdef.read_side]
+        reader, writer = self.sides[fdef.read_side], self.sides[fdef.write_side]
         start = None if full else (since or self.state.watermark(self.name, flow.name))
-        mark = self.state.watermark(self.name, flow.name)
+        mark = [self.state.watermark(self.name, flow.name)]
         pages = reader.read(fdef.read_entity, since=start)
-        while True:
-            try:
-                page = next(pages)
-            except StopIteration:
-                break
-            except TransientError as exc:
-                raise UnavailableError(
-                    f"could not read {fdef.label}s from {reader.system_type}: {exc}",
-                    system=exc.system, status=exc.status, code=exc.code) from exc
-            stats.read += len(page)
-            jobs = [j for j in (self._prepare(flow, rec, stats) for rec in page) if j]
-            self._write_all(jobs, stats)
-            newest = max((r.cursor for r in page if r.cursor), default=None)
-            if newest and (mark is None or newest > mark):
-                mark = newest
+        pending: deque[tuple[list[Future], str | None]] = deque()
+        pool = ThreadPoolExecutor(max_workers=max(1, writer.write_concurrency))
+        try:
+            while True:
+                try:
+                    page = next(pages)
+                except StopIteration:
+                    break
+                except TransientError as exc:
+                    raise UnavailableError(
+                        f"could not read {fdef.label}s from {reader.system_type}: {exc}",
+                        system=exc.system, status=exc.status, code=exc.code) from exc
+                stats.read += len(page)
+                jobs = [j for j in (self._prepare(flow, rec, stats) for rec in page) if j]
+                newest = max((r.cursor for r in page if r.cursor), default=None)
+                pending.append(([pool.submit(self._write, j, stats) for j in jobs], newest))
+                # at most two pages in flight: memory stays flat in the number of records
+                self._settle(flow, pending, mark, keep=1)
+                self.on_progress(flow.name, stats)
+            self._settle(flow, pending, mark, keep=0)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _settle(self, flow: Flow, pending: deque, mark: list[str | None], *, keep: int) -> None:
+        """Finish the oldest pages until `keep` remain; move the watermark over them."""
+        while len(pending) > keep or (pending and all(f.done() for f in pending[0][0])):
+            futures, newest = pending.popleft()
+            wait(futures)
+            errors = [f.exception() for f in futures if f.exception()]
+            if errors:
+                raise errors[0]
+            if newest and (mark[0] is None or newest > mark[0]):
+                mark[0] = newest
                 if not self.dry_run:
-                    self.state.set_watermark(self.name, flow.name, mark, self.clock.now())
-            self.on_progress(flow.name, stats)
+                    self.state.set_watermark(self.name, flow.name, newest, self.clock.now())
 
     def _retry_parked(self, flow: Flow, stats: FlowStats) -> None:
         """Transient failures whose time has come, and records held only because a record

@@ -115,6 +115,7 @@ class Bill(Connector):
         super().__init__(http)
         self._index_lock = threading.Lock()
         self._bills_by_vendor: dict[str, dict[str, dict[str, Any]]] = {}
+        self._vendor_locks: dict[str, threading.Lock] = {}
 
     def since_params(self, ep: Endpoint, since: str | None) -> dict[str, Any]:
         if not since or not ep.cursor_field:
@@ -182,8 +183,15 @@ class Bill(Connector):
             "or tax id; link or rename one in BILL, then replay")
 
     def _vendor_bills(self, vendor_id: str) -> dict[str, dict[str, Any]]:
+        # one lock per vendor: the indexes of different vendors are listed in parallel
         with self._index_lock:
             known = self._bills_by_vendor.get(vendor_id)
+            if known is not None:
+                return known
+            lock = self._vendor_locks.setdefault(vendor_id, threading.Lock())
+        with lock:
+            with self._index_lock:
+                known = self._bills_by_vendor.get(vendor_id)
             if known is not None:
                 return known
             index: dict[str, dict[str, Any]] = {}
@@ -193,7 +201,8 @@ class Bill(Connector):
                     number = (b.get("invoice") or {}).get("invoiceNumber")
                     if number is not None and not b.get("archived"):
                         index[str(number)] = b
-            self._bills_by_vendor[vendor_id] = index
+            with self._index_lock:
+                self._bills_by_vendor[vendor_id] = index
             return index
 
     def _remember_bill(self, bill: dict[str, Any]) -> None:
@@ -206,3 +215,4 @@ class Bill(Connector):
     def reset_run_caches(self) -> None:
         with self._index_lock:
             self._bills_by_vendor.clear()
+            self._vendor_locks.clear()
