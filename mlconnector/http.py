@@ -1,29 +1,48 @@
 """The one HTTP layer: timeouts, retries with backoff and Retry-After, per-system
 concurrency caps and rate limits, one re-authentication on a refused credential, and an
-audit line per request. Sleep and clock are injected, so no test waits in real time."""
+audit line per attempt. Nothing else in mlconnector retries.
+
+What is retried (see errors.py for the table):
+- RetryableError (5xx, 429, connection trouble, whatever a connector's `classify` says):
+  with exponential backoff and jitter, or after the server's Retry-After (capped), up to
+  `max_retries` times, then TransientError.
+- A request that is not idempotent (POST and PATCH unless `idempotent=` says otherwise)
+  is resent only when it surely was not processed: the connection was never made, or the
+  answer was a `Throttled` (429, BILL BDC_1322, ...). Any other failure of such a request
+  (a read timeout, a 5xx) raises TransientError at once: the engine looks the record up
+  by its natural key before it tries again.
+- ReauthRequired: the authenticator replaces the credential once and the call is
+  repeated; a second refusal is an AuthError.
+
+Sleeps and time come from an injected clock, so no test waits in real time.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-import json
+import json as jsonlib
 import os
 import random
+import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
-from urllib.parse import urlencode, urlsplit
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import requests
+import urllib3.exceptions
 
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import (
     ApiError,
     AuthError,
     ConfigError,
+    MlcError,
     NotFound,
     ReauthRequired,
     RejectedError,
@@ -32,70 +51,103 @@ from .errors import (
     TransientError,
 )
 
-SECRET_PARAMS = {"client_secret", "refresh_token", "access_token", "code", "password",
-                 "devkey", "dev_key", "sessionid", "token"}
-IDEMPOTENT = {"GET", "HEAD", "PUT", "DELETE", "OPTIONS"}
+if TYPE_CHECKING:
+    from .auth import Authenticator
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+SECRET_PARAMS = frozenset({"code", "token", "key", "sig", "verifier", "assertion"})
+_SECRET_WORDS = ("secret", "token", "password", "passwd", "apikey", "api_key", "devkey",
+                 "dev_key", "sessionid", "session_id", "credential", "signature")
+REDACTED = "[redacted]"
 
 
 @dataclass
 class Response:
     status: int
-    headers: Mapping[str, str]
-    body: Any
+    headers: Mapping[str, str]  # case-insensitive
+    body: Any                   # parsed JSON (floats as Decimal), else None
     text: str
-    elapsed: float
+    elapsed: float              # seconds
 
     def json(self) -> Any:
         return self.body
 
 
-Classify = Callable[[Response], ApiError | None]
+Classify = Callable[[Response], "ApiError | MlcError | None"]
 
 
 class AuditSink(Protocol):
     def write(self, event: str, **fields: Any) -> None: ...
 
 
-class Authenticator(Protocol):
-    fix_hint: str
-
-    def apply(self, headers: dict[str, str], http: HttpClient) -> None: ...
-    def reauthenticate(self, http: HttpClient) -> None: ...
-
-
+# -- helpers a connector may reuse ---------------------------------------------------------
 def is_loopback(host: str | None) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (also IPv4-mapped)."""
     if not host:
         return False
+    host = host.strip("[]").lower()
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+def _first(value: Any) -> Any:
+    return value[0] if isinstance(value, list) and value else value
 
 
 def server_message(resp: Response) -> tuple[str | None, str]:
-    """The server's own error code and message, from the common JSON shapes."""
-    body = resp.body
-    if isinstance(body, list) and body and isinstance(body[0], dict):
-        body = body[0]
+    """The server's own error code and message, from the common JSON shapes:
+    `{"error","error_description"}` (OAuth), `{"message"}`, `[{"code","message"}]` (BILL,
+    Salesforce `errorCode`), `{"response":{"errors":[{"errno","message"}]}}` (FreshBooks),
+    `{"errors":{"message"}}`, `{"error":{"message","detail"}}` (ServiceNow),
+    `{"Fault":{"Error":[{"code","Message","Detail"}]}}` (QuickBooks), `{"title","detail"}`
+    (RFC 7807). Falls back to a short, tag-free excerpt of the text."""
+    body = _first(resp.body)
     if isinstance(body, dict):
-        errors = (body.get("response") or {}).get("errors") if isinstance(
-            body.get("response"), dict) else None
-        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
-            return str(errors[0].get("errno")), str(errors[0].get("message", ""))
-        if "error" in body and isinstance(body["error"], str):
-            return body["error"], str(body.get("error_description", ""))
-        for code_key in ("code", "errno", "errorCode"):
-            if code_key in body:
-                return str(body[code_key]), str(body.get("message", ""))
-        if "message" in body:
-            return None, str(body["message"])
-    return None, resp.text[:200].strip() or f"HTTP {resp.status}"
+        inner = body.get("response")
+        if isinstance(inner, dict) and inner.get("errors"):
+            body = _first(inner["errors"])
+        elif isinstance(body.get("Fault"), dict) and body["Fault"].get("Error"):
+            body = _first(body["Fault"]["Error"])
+        elif isinstance(body.get("errors"), dict | list) and body["errors"] and \
+                not body.get("message"):
+            nested = _first(body["errors"])
+            if isinstance(nested, dict) and ("message" in nested or "code" in nested):
+                body = nested
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, str):
+            return err, str(body.get("error_description") or body.get("message") or "")
+        if isinstance(err, dict):
+            msg = err.get("message") or ""
+            detail = err.get("detail")
+            code = err.get("code")
+            return (str(code) if code is not None else None,
+                    f"{msg}: {detail}" if detail and detail != msg else str(msg))
+        code = next((body[k] for k in ("code", "errno", "errorCode", "error_code")
+                     if body.get(k) is not None), None)
+        message = next((body[k] for k in ("message", "Message", "error_message", "title")
+                        if body.get(k)), None)
+        detail = body.get("Detail") or body.get("detail")
+        if message is not None or code is not None:
+            text = str(message or "")
+            if isinstance(detail, str) and detail and detail != text:
+                text = f"{text}: {detail}" if text else detail
+            return (str(code) if code is not None else None), text
+    text = re.sub(r"<[^>]*>", " ", resp.text or "")
+    text = " ".join(text.split())[:200]
+    return None, text or f"HTTP {resp.status}"
 
 
 def retry_after(resp: Response, clock: Clock) -> float | None:
-    value = resp.headers.get("Retry-After")
+    """Retry-After in seconds, from either of its forms (seconds, HTTP-date)."""
+    value = (resp.headers.get("Retry-After") or "").strip()
     if not value:
         return None
     try:
@@ -104,16 +156,22 @@ def retry_after(resp: Response, clock: Clock) -> float | None:
         pass
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
         return None
     return max(0.0, (when - clock.now()).total_seconds())
 
 
-def default_classify(resp: Response, system: str, clock: Clock) -> ApiError | None:
-    if resp.status < 400:
+def default_classify(resp: Response, system: str, clock: Clock) -> MlcError | None:
+    """The table for answers a connector's `classify` left alone."""
+    if resp.status < 300 or resp.status == 304:
         return None
     code, message = server_message(resp)
-    kw = {"system": system, "status": resp.status, "code": code}
+    kw: dict[str, Any] = {"system": system, "status": resp.status, "code": code}
+    if resp.status < 400:  # redirects are not followed: they could carry credentials away
+        where = urlsplit(resp.headers.get("Location") or "").hostname or "elsewhere"
+        return RejectedError(f"unexpected redirect to {where}", **kw)
     if resp.status == 429:
         return Throttled(message, retry_after=retry_after(resp, clock), **kw)
     if resp.status >= 500:
@@ -121,42 +179,90 @@ def default_classify(resp: Response, system: str, clock: Clock) -> ApiError | No
     if resp.status == 401:
         return ReauthRequired(message, **kw)
     if resp.status == 403:
-        return AuthError(f"{system} refused the request: {message}", system=system)
+        bits = " ".join(b for b in (str(resp.status), code) if b)
+        return AuthError(f"{system} refused the request [{bits}]: {message} (a permission or "
+                         "scope is missing)", system=system)
     if resp.status == 404:
         return NotFound(message, **kw)
     return RejectedError(message, **kw)
 
 
 def _encode(obj: Any) -> str:
-    """JSON with Decimals as exact numbers (never through float)."""
-    marks: dict[str, str] = {}
+    """JSON with Decimals as exact numbers, never through float: Decimal("142.50") is
+    written 142.50."""
+    mark = f"@@dec-{uuid.uuid4().hex}-"
+    numbers: list[str] = []
 
     def default(o: Any) -> Any:
         if isinstance(o, Decimal):
-            key = f"__dec_{len(marks)}__"
-            marks[key] = format(o, "f")
-            return key
-        raise TypeError(f"cannot encode {type(o).__name__}")
+            if not o.is_finite():
+                raise ValueError(f"{o} is not a JSON number")
+            numbers.append(format(o, "f"))
+            return f"{mark}{len(numbers) - 1}@@"
+        raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
-    text = json.dumps(obj, default=default)
-    for key, number in marks.items():
-        text = text.replace(f'"{key}"', number)
-    return text
+    text = jsonlib.dumps(obj, default=default)
+    if not numbers:
+        return text
+    return re.sub(f'"{re.escape(mark)}(\\d+)@@"', lambda m: numbers[int(m.group(1))], text)
+
+
+encode_json = _encode
+
+
+def _secret_name(name: str) -> bool:
+    low = name.lower()
+    return low in SECRET_PARAMS or any(word in low for word in _SECRET_WORDS)
+
+
+def shown_path(path: str, params: Mapping[str, Any] | None = None) -> str:
+    """The path and query as the audit shows them: values of secret-looking parameters
+    redacted."""
+    path, _, query = path.partition("?")
+    pairs: list[tuple[str, Any]] = parse_qsl(query, keep_blank_values=True)
+    for key, value in (params or {}).items():
+        values = value if isinstance(value, list | tuple) else [value]
+        pairs.extend((key, v) for v in values)
+    if not pairs:
+        return path
+    shown = [(k, REDACTED if _secret_name(str(k)) else v) for k, v in pairs]
+    return f"{path}?{urlencode(shown, safe='[]:,')}"
+
+
+def _surely_unsent(exc: BaseException) -> bool:
+    """The connection was never made, so the server cannot have seen the request."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
+        return True
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, urllib3.exceptions.NewConnectionError |
+                      urllib3.exceptions.ConnectTimeoutError |
+                      urllib3.exceptions.NameResolutionError | ConnectionRefusedError):
+            return True
+        stack.extend((e.__cause__, e.__context__, getattr(e, "reason", None), *e.args))
+    return False
 
 
 class _RateLimit:
-    """A token bucket on the injected clock."""
+    """A token bucket on the injected clock (burst: one second's worth, at least 1)."""
 
     def __init__(self, per_second: float, clock: Clock):
         self.rate, self.clock = per_second, clock
-        self.tokens, self.stamp = per_second, clock.monotonic()
+        self.capacity = max(1.0, per_second)
+        self.tokens, self.stamp = self.capacity, clock.monotonic()
         self.lock = threading.Lock()
 
     def take(self) -> None:
         while True:
             with self.lock:
                 now = self.clock.monotonic()
-                self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+                self.tokens = min(self.capacity,
+                                  self.tokens + max(0.0, now - self.stamp) * self.rate)
                 self.stamp = now
                 if self.tokens >= 1:
                     self.tokens -= 1
@@ -178,6 +284,10 @@ def _session(base_url: str) -> requests.Session:
 
 
 class HttpClient:
+    """One system's HTTP client. Thread-safe: the engine calls `request` from a small pool.
+
+    `calls` counts every attempt sent (the run summary shows it)."""
+
     def __init__(self, system: str, base_url: str, *, classify: Classify | None = None,
                  authenticator: Authenticator | None = None, audit: AuditSink | None = None,
                  max_in_flight: int = 4, per_second: float | None = None,
@@ -185,14 +295,25 @@ class HttpClient:
                  backoff_cap: float = 60.0, retry_after_cap: float = 300.0,
                  clock: Clock = SYSTEM_CLOCK, jitter: Callable[[], float] = random.random,
                  session: requests.Session | None = None):
-        parts = urlsplit(base_url)
+        try:
+            parts = urlsplit(base_url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ConfigError(f"{system}: the base URL is not a valid URL") from None
         if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ConfigError(f"{system}: base URL {base_url!r} is not an http(s) URL")
+            raise ConfigError(f"{system}: the base URL must be an https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(f"{system}: the base URL must not carry a user name or password")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"{system}: the base URL must not have a query or fragment")
         if parts.scheme == "http" and not is_loopback(parts.hostname):
             raise ConfigError(f"{system}: plain http is only allowed on loopback (the sandbox "
-                              f"and tests), not {parts.hostname}")
+                              f"and tests), not on {parts.hostname}; use https")
+        if max_in_flight < 1:
+            raise ConfigError(f"{system}: max_in_flight must be at least 1")
         self.system, self.base_url = system, base_url.rstrip("/")
         self.classify, self.authenticator, self.audit = classify, authenticator, audit
+        self.max_in_flight, self.per_second = max_in_flight, per_second
         self.timeout, self.max_retries = timeout, max_retries
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.retry_after_cap, self.clock, self.jitter = retry_after_cap, clock, jitter
@@ -206,6 +327,11 @@ class HttpClient:
         self._count_lock = threading.Lock()
         self.calls = 0
 
+    def url(self, path: str) -> str:
+        if "://" in path.split("?", 1)[0] or path.startswith("//"):
+            raise ValueError("a path, not a URL, goes to HttpClient.request")
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
     def get(self, path: str, **kw: Any) -> Response:
         return self.request("GET", path, **kw)
 
@@ -218,82 +344,104 @@ class HttpClient:
     def patch(self, path: str, **kw: Any) -> Response:
         return self.request("PATCH", path, **kw)
 
+    def delete(self, path: str, **kw: Any) -> Response:
+        return self.request("DELETE", path, **kw)
+
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                 json: Any = None, data: Any = None, headers: Mapping[str, str] | None = None,
-                idempotent: bool | None = None, authenticated: bool = True) -> Response:
+                idempotent: bool | None = None, authenticated: bool = True,
+                classify: Classify | None = None) -> Response:
+        """Send, retrying what may be retried; the answer, or the error it maps to.
+
+        `classify`, when given, is consulted before the client's own table (the token
+        endpoint of an API speaks OAuth, not the API's error format)."""
         method = method.upper()
         safe = (method in IDEMPOTENT) if idempotent is None else idempotent
-        url = self.base_url + (path if path.startswith("/") else "/" + path)
-        body = _encode(json) if json is not None else None
+        url = self.url(path)
+        payload = _encode(json) if json is not None else data
+        auth = self.authenticator if authenticated else None
         reauthed = False
         attempt = 0
         while True:
             attempt += 1
             hdrs = {"Accept": "application/json", **(headers or {})}
-            if body is not None:
+            if json is not None:
                 hdrs["Content-Type"] = "application/json"
-            if authenticated and self.authenticator is not None:
-                self.authenticator.apply(hdrs, self)
+            if auth is not None:
+                auth.apply(hdrs, self)
+            err: MlcError | None
             try:
-                resp = self._send(method, url, path, params, body if body is not None else data,
-                                  hdrs, attempt)
-            except requests.ConnectionError as exc:
-                sent = not isinstance(exc, requests.exceptions.ConnectTimeout) and not (
-                    "NewConnectionError" in repr(exc) or "Connection refused" in str(exc))
-                err: ApiError = RetryableError(f"connection failed ({type(exc).__name__})",
-                                               system=self.system)
-                if not safe and sent:
-                    raise TransientError(err.message, system=self.system) from None
-            except requests.Timeout:
-                err = RetryableError(f"no answer within {self.timeout:g} s", system=self.system)
-                if not safe:
-                    raise TransientError(err.message, system=self.system) from None
+                resp = self._send(method, url, path, params, payload, hdrs, attempt)
+            except requests.Timeout as exc:
+                unsent = _surely_unsent(exc)
+                err = (Throttled if unsent else RetryableError)(
+                    "could not connect" if unsent else
+                    f"no answer within {self.timeout:g} s", system=self.system)
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                    requests.exceptions.ContentDecodingError) as exc:
+                unsent = _surely_unsent(exc)
+                err = (Throttled if unsent else RetryableError)(
+                    f"{'could not connect' if unsent else 'connection failed'} "
+                    f"({type(exc).__name__})", system=self.system)
             else:
-                err = (self.classify(resp) if self.classify else None) or default_classify(
-                    resp, self.system, self.clock)
+                err = None
+                for table in (classify, self.classify):
+                    if table is not None and err is None:
+                        err = table(resp)
                 if err is None:
+                    err = default_classify(resp, self.system, self.clock)
+                if err is None:
+                    hook = getattr(auth, "succeeded", None)
+                    if hook is not None:
+                        hook(self)
                     return resp
             if isinstance(err, ReauthRequired):
-                if self.authenticator is None or reauthed or not authenticated:
+                if auth is None or reauthed:
                     fix = getattr(self.authenticator, "fix_hint", None)
-                    raise AuthError(f"{self.system} refused the credential: {err.message}",
+                    bits = " ".join(b for b in (str(err.status or ""), err.code or "") if b)
+                    raise AuthError(f"{self.system} refused the credential"
+                                    f"{f' [{bits}]' if bits else ''}: {err.message}",
                                     system=self.system, fix=fix)
                 reauthed = True
-                self.authenticator.reauthenticate(self)
+                auth.reauthenticate(self)
                 continue
             if not isinstance(err, RetryableError):
                 raise err
             if not safe and not isinstance(err, Throttled):
-                # e.g. a 5xx after a POST: it may have been processed; the engine looks the
-                # record up by its natural key before trying again
-                raise TransientError(err.message, system=err.system, status=err.status,
-                                     code=err.code)
+                # it may have been processed: the engine looks the record up by its
+                # natural key before it tries again
+                raise TransientError(f"{err.message} (not resent: {method} is not "
+                                     "idempotent and may have been processed)",
+                                     system=err.system, status=err.status, code=err.code)
             if attempt > self.max_retries:
                 raise TransientError(f"{err.message} (gave up after {attempt} attempts)",
                                      system=err.system, status=err.status, code=err.code)
-            self.clock.sleep(self._backoff(attempt, err.retry_after))
+            self.clock.sleep(self.backoff(attempt, err.retry_after))
 
-    def _backoff(self, attempt: int, hint: float | None) -> float:
+    def backoff(self, attempt: int, hint: float | None = None) -> float:
+        """Seconds to wait after failed attempt `attempt` (1-based)."""
         if hint is not None:
-            return min(hint, self.retry_after_cap)
+            return min(max(0.0, hint), self.retry_after_cap)
         base = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
-        return base * (0.5 + 0.5 * self.jitter())
+        return base * (0.5 + 0.5 * min(1.0, max(0.0, self.jitter())))
 
     def _send(self, method: str, url: str, path: str, params: Mapping[str, Any] | None,
               payload: Any, headers: dict[str, str], attempt: int) -> Response:
-        if self._rate:
+        if self._rate is not None:
             self._rate.take()
         status: int | None = None
         started = time.perf_counter()
         try:
-            with self._slots:
+            with self._slots:  # held for the send only, never during a backoff sleep
                 with self._count_lock:
                     self.calls += 1
                 raw = self.session.request(method, url, params=params, data=payload,
-                                           headers=headers, timeout=self.timeout)
+                                           headers=headers, timeout=self.timeout,
+                                           allow_redirects=False)
             status = raw.status_code
             try:
-                body = raw.json(parse_float=Decimal) if raw.content else None
+                body = jsonlib.loads(raw.content, parse_float=Decimal) if raw.content \
+                    else None
             except ValueError:
                 body = None
             return Response(raw.status_code, raw.headers, body, raw.text,
@@ -301,14 +449,10 @@ class HttpClient:
         finally:
             if self.audit is not None:
                 self.audit.write("api.request", system=self.system, method=method,
-                                 path=_shown_path(path, params), status=status,
+                                 path=shown_path(path, params), status=status,
                                  duration_ms=int((time.perf_counter() - started) * 1000),
                                  attempt=attempt)
 
 
-def _shown_path(path: str, params: Mapping[str, Any] | None) -> str:
-    path = path.split("?", 1)[0]
-    if not params:
-        return path
-    shown = {k: ("[redacted]" if k.lower() in SECRET_PARAMS else v) for k, v in params.items()}
-    return f"{path}?{urlencode(shown, doseq=True, safe='[]:,')}"
+# kept for callers of the old name
+_shown_path = shown_path

@@ -1,111 +1,207 @@
 """Secrets: the environment first (MLCONNECTOR_<SYSTEM>_<FIELD>), else the OS keyring
-(service "mlconnector/<system>"). Never in the config file, a log, the audit trail or a
-message.
+(service "mlconnector/<system>", user name = the field). Never in the config file, a log,
+the audit trail or a message.
+
+Whatever keyring backend the user selected (PYTHON_KEYRING_BACKEND, keyringrc) is used as
+it is. A keyring that fails, or that would wait for a prompt nobody answers under cron,
+becomes an AuthError naming the two fixes instead of a hang or a traceback.
 
 Rotating refresh tokens form a chain: the newest token saved in the keyring wins over the
 bootstrap value in the environment (which the provider has already invalidated), until
-the environment value changes, which starts a new chain. The keyring keeps a hash of the
-environment value each chain grew from.
+the environment value changes, which starts a new chain. Beside the saved token the
+keyring keeps the sha256 of the environment value its chain grew from.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
-from typing import Literal
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar
 
 from .errors import AuthError
 
+T = TypeVar("T")
+
 KEYRING_FIXES = (
-    "give the secret as an environment variable ({var}), or install a keyring that works "
-    "without a desktop session: pip install keyrings.cryptfile, then set "
-    "PYTHON_KEYRING_BACKEND=keyrings.cryptfile.cryptfile.CryptFileKeyring and "
-    "KEYRING_CRYPTFILE_PASSWORD in the job's environment"
+    "either install a keyring that works without a desktop session (pip install "
+    "keyrings.cryptfile, then set PYTHON_KEYRING_BACKEND=keyrings.cryptfile.cryptfile."
+    "CryptFileKeyring and KEYRING_CRYPTFILE_PASSWORD in the job's environment), or give "
+    "the secret in the environment as {var}"
 )
 CHAIN_FIELD = "refresh_token.bootstrap_sha256"
+Source = Literal["environment", "keyring"]
 
 
 def env_var(system: str, field: str) -> str:
+    """`MLCONNECTOR_<SYSTEM>_<FIELD>`, upper-cased, `-` as `_` (the same rule as
+    config.env_var_name)."""
     return f"MLCONNECTOR_{system}_{field}".upper().replace("-", "_")
 
 
-def _digest(value: str) -> str:
+def digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def _interactive() -> bool:
+    try:
+        return bool(sys.stdin) and sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def usable_backend(backend: Any) -> bool:
+    """A backend that can store: not keyring's fail or null backend, not a chainer with
+    nothing to chain."""
+    from keyring.backends import chainer, fail, null
+
+    if isinstance(backend, fail.Keyring | null.Keyring):
+        return False
+    if isinstance(backend, chainer.ChainerBackend):
+        return any(usable_backend(b) for b in backend.backends)
+    return True
+
+
 class SecretStore:
-    def __init__(self, system_name: str, *, env: Mapping[str, str] | None = None):
+    """One system's secrets. `keyring_timeout` bounds each keyring call when nobody sits at
+    a terminal (cron): a backend waiting for a password prompt or an unlock dialog turns
+    into an AuthError instead of a hung job. None: no bound."""
+
+    def __init__(self, system_name: str, *, env: Mapping[str, str] | None = None,
+                 keyring_timeout: float | None = 30.0):
         self.system = system_name
         self.env = os.environ if env is None else env
         self.service = f"mlconnector/{system_name}"
+        self.keyring_timeout = keyring_timeout
 
-    # -- keyring, wrapped so that it never hangs or leaks a value into a traceback -------------
-    def _keyring(self):
+    # -- the keyring, wrapped: it never hangs, and never leaks a value into a message ---------
+    def _fix(self, field: str) -> str:
+        return KEYRING_FIXES.format(var=env_var(self.system, field))
+
+    def _call(self, what: str, field: str, fn: Callable[..., T], *args: Any) -> T:
+        import keyring.errors
+
+        def failed(reason: str) -> AuthError:
+            return AuthError(f"the keyring could not {what} {self.system}.{field} ({reason})",
+                             system=self.system, fix=self._fix(field))
+
+        try:
+            if self.keyring_timeout is None or _interactive():
+                return fn(*args)
+            box: dict[str, Any] = {}
+
+            def run() -> None:
+                try:
+                    box["value"] = fn(*args)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                    box["error"] = exc
+
+            worker = threading.Thread(target=run, name="mlconnector-keyring", daemon=True)
+            worker.start()
+            worker.join(self.keyring_timeout)
+            if worker.is_alive():
+                raise failed(f"no answer within {self.keyring_timeout:g} s: is it waiting "
+                             "for a password prompt or a locked desktop keyring?")
+            if "error" in box:
+                raise box["error"]
+            return box["value"]
+        except AuthError:
+            raise
+        except keyring.errors.NoKeyringError:
+            raise
+        except Exception as exc:  # a locked keyring, no D-Bus under cron, EOF at a prompt
+            raise failed(type(exc).__name__) from None
+
+    def _backend(self) -> Any:
         import keyring
 
-        return keyring
+        return keyring.get_keyring()
 
-    def _kr_get(self, field: str) -> str | None:
+    def get_stored(self, field: str) -> str | None:
+        """The keyring's value only (None when there is no keyring at all)."""
+        import keyring
+        import keyring.errors
+
         try:
-            return self._keyring().get_password(self.service, field)
-        except Exception:  # no backend, a locked desktop keyring under cron, ...
-            return None
+            return self._call("read", field, keyring.get_password, self.service, field)
+        except keyring.errors.NoKeyringError:
+            return None  # environment-only operation is a supported set-up
+
+    _kr_get = get_stored  # the older name, still used by consent.py
 
     def writable(self) -> bool:
+        """A keyring backend that can store is present."""
         try:
-            backend = self._keyring().get_keyring()
+            return usable_backend(self._backend())
         except Exception:
             return False
-        name = f"{type(backend).__module__}.{type(backend).__name__}"
-        if "fail" in name.lower():
-            return False
-        if name.endswith("chainer.ChainerBackend"):
-            return bool(getattr(backend, "backends", []))
-        return True
 
-    # -- the public face -----------------------------------------------------------------------
+    # -- the public face ---------------------------------------------------------------------
     def get(self, field: str) -> str | None:
         value = self.env.get(env_var(self.system, field))
-        return value if value else self._kr_get(field)
+        return value if value else self.get_stored(field)
 
-    def source(self, field: str) -> Literal["environment", "keyring"] | None:
+    def source(self, field: str) -> Source | None:
         if self.env.get(env_var(self.system, field)):
             return "environment"
-        return "keyring" if self._kr_get(field) else None
+        return "keyring" if self.get_stored(field) else None
 
     def set(self, field: str, value: str) -> None:
-        fix = KEYRING_FIXES.format(var=env_var(self.system, field))
+        import keyring
+        import keyring.errors
+
         if not self.writable():
             raise AuthError(f"no usable keyring to store {self.system}.{field}",
-                            system=self.system, fix=fix)
+                            system=self.system, fix=self._fix(field))
         try:
-            self._keyring().set_password(self.service, field, value)
-        except Exception as exc:
-            raise AuthError(f"the keyring refused to store {self.system}.{field} "
-                            f"({type(exc).__name__})", system=self.system, fix=fix) from None
+            self._call("store", field, keyring.set_password, self.service, field, value)
+        except keyring.errors.NoKeyringError:
+            raise AuthError(f"no usable keyring to store {self.system}.{field}",
+                            system=self.system, fix=self._fix(field)) from None
 
     def delete(self, field: str) -> None:
-        try:
-            self._keyring().delete_password(self.service, field)
-        except Exception:
-            pass
+        """Forget a stored value; nothing stored (or no keyring at all) is not an error."""
+        import keyring
+        import keyring.errors
 
-    # -- rotating refresh tokens ------------------------------------------------------------
+        if not self.writable() or self.get_stored(field) is None:
+            return
+        try:
+            self._call("delete", field, keyring.delete_password, self.service, field)
+        except keyring.errors.NoKeyringError:
+            pass
+        except AuthError:
+            if self.get_stored(field) is not None:
+                raise
+
+    # -- rotating refresh tokens -----------------------------------------------------------
     def get_refresh_token(self) -> str | None:
         env_value = self.env.get(env_var(self.system, "refresh_token"))
-        saved = self._kr_get("refresh_token")
+        saved = self.get_stored("refresh_token")
         if env_value:
-            chain = self._kr_get(CHAIN_FIELD)
-            if saved and chain == _digest(env_value):
-                return saved  # the environment value was spent; the chain moved on
-            return env_value  # a new (or the first) bootstrap value
+            if saved and self.get_stored(CHAIN_FIELD) == digest(env_value):
+                return saved  # the environment value was spent; its chain moved on
+            return env_value  # the first value, or a new one: a new chain starts
         return saved
 
+    def refresh_token_source(self) -> Source | None:
+        env_value = self.env.get(env_var(self.system, "refresh_token"))
+        if env_value and not (self.get_stored("refresh_token") and
+                              self.get_stored(CHAIN_FIELD) == digest(env_value)):
+            return "environment"
+        return "keyring" if self.get_stored("refresh_token") else None
+
     def save_refresh_token(self, token: str) -> None:
+        """Store a rotated (or newly consented) refresh token as the head of its chain.
+
+        The token is written first: within a chain the hash is already there, so a crash
+        between the two writes loses nothing."""
         env_value = self.env.get(env_var(self.system, "refresh_token"))
         self.set("refresh_token", token)
         if env_value:
-            self.set(CHAIN_FIELD, _digest(env_value))
+            if self.get_stored(CHAIN_FIELD) != digest(env_value):
+                self.set(CHAIN_FIELD, digest(env_value))
         else:
             self.delete(CHAIN_FIELD)
