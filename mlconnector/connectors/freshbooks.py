@@ -104,7 +104,7 @@ class FreshBooks(Connector):
     }
 
     def __init__(self, http: HttpClient, *, account_id: str):
-        super().__init__(http)
+        super().__init__(http, to_utc=zoneless_utc)
         self.account_id = account_id
         self._bills: dict[str, dict[str, Any]] = {}  # read by find, for create's currency
 
@@ -141,6 +141,16 @@ class FreshBooks(Connector):
 
     def reset_run_caches(self) -> None:
         self._bills.clear()
+
+
+def zoneless_utc(stamp: str) -> str:
+    """Bill and bill-vendor `updated_at` ("YYYY-MM-DD HH:MM:SS", no zone) as ISO UTC.
+    Bills' are UTC in both SDKs; bill vendors' are UTC per the Python SDK (the Node SDK
+    says Eastern). They only order the watermark shown by `status`, since these lists
+    cannot be filtered by time anyway. Other accounting timestamps are US/Eastern."""
+    if len(stamp) == 19 and stamp[10] == " ":
+        return stamp.replace(" ", "T") + "Z"
+    return stamp
 
 
 def discover_account_id(http: HttpClient, chosen: str | None = None) -> list[dict[str, str]]:
