@@ -91,17 +91,18 @@ class _Job:
 
 
 class _KeyLocks:
-    """One lock per natural key: two records with the same key never race to create."""
+    """Two records with the same natural key never race to create: a fixed set of locks
+    striped by key (memory stays flat however many keys a run sees)."""
+
+    STRIPES = 64
 
     def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks = [threading.Lock() for _ in range(self.STRIPES)]
 
     def get(self, key: str | None) -> threading.Lock:
         if key is None:
             return threading.Lock()  # nothing to share
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
+        return self._locks[hash(key) % self.STRIPES]
 
 
 class PairRun:

@@ -204,7 +204,12 @@ def _encode(obj: Any) -> str:
     text = jsonlib.dumps(obj, default=default)
     if not numbers:
         return text
-    return re.sub(f'"{re.escape(mark)}(\\d+)@@"', lambda m: numbers[int(m.group(1))], text)
+    # one compiled pattern for every call; only this call's mark is replaced
+    return _DECIMAL_MARK.sub(
+        lambda m: numbers[int(m.group(2))] if m.group(1) == mark else m.group(0), text)
+
+
+_DECIMAL_MARK = re.compile(r'"(@@dec-[0-9a-f]{32}-)(\d+)@@"')
 
 
 encode_json = _encode

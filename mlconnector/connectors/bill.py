@@ -200,7 +200,7 @@ class Bill(Connector):
                 for b in rows:
                     number = (b.get("invoice") or {}).get("invoiceNumber")
                     if number is not None and not b.get("archived"):
-                        index[str(number)] = b
+                        index[str(number)] = {"id": b["id"]}  # the id is all find needs
             with self._index_lock:
                 self._bills_by_vendor[vendor_id] = index
             return index
@@ -210,7 +210,7 @@ class Bill(Connector):
             index = self._bills_by_vendor.get(str(bill.get("vendorId")))
             number = (bill.get("invoice") or {}).get("invoiceNumber")
             if index is not None and number is not None:
-                index[str(number)] = bill
+                index[str(number)] = {"id": bill["id"]}
 
     def reset_run_caches(self) -> None:
         with self._index_lock:
