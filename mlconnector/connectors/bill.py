@@ -114,7 +114,7 @@ class Bill(Connector):
     def __init__(self, http: HttpClient):
         super().__init__(http)
         self._index_lock = threading.Lock()
-        self._bills_by_vendor: dict[str, dict[str, dict[str, Any]]] = {}
+        self._bills_by_vendor: dict[str, dict[str, str]] = {}  # invoice number -> id
         self._vendor_locks: dict[str, threading.Lock] = {}
 
     def since_params(self, ep: Endpoint, since: str | None) -> dict[str, Any]:
@@ -148,7 +148,8 @@ class Bill(Connector):
             return self._find_vendor(payload)
         if entity == "bills":
             number = (payload.get("invoice") or {}).get("invoiceNumber")
-            return self._vendor_bills(str(payload["vendorId"])).get(str(number))
+            found = self._vendor_bills(str(payload["vendorId"])).get(str(number))
+            return {"id": found} if found else None
         return None
 
     def natural_key(self, entity: str, payload: dict[str, Any]) -> str | None:
@@ -182,7 +183,7 @@ class Bill(Connector):
             f"BILL has {len(candidates)} vendor(s) named {name!r} and none matches on email "
             "or tax id; link or rename one in BILL, then replay")
 
-    def _vendor_bills(self, vendor_id: str) -> dict[str, dict[str, Any]]:
+    def _vendor_bills(self, vendor_id: str) -> dict[str, str]:
         # one lock per vendor: the indexes of different vendors are listed in parallel
         with self._index_lock:
             known = self._bills_by_vendor.get(vendor_id)
@@ -194,13 +195,13 @@ class Bill(Connector):
                 known = self._bills_by_vendor.get(vendor_id)
             if known is not None:
                 return known
-            index: dict[str, dict[str, Any]] = {}
+            index: dict[str, str] = {}
             params = {"filters": f"vendorId:eq:{_quote(vendor_id)}"}
             for rows in self.paginator.pages(self.http, self.url("bills"), params, None):
                 for b in rows:
                     number = (b.get("invoice") or {}).get("invoiceNumber")
                     if number is not None and not b.get("archived"):
-                        index[str(number)] = {"id": b["id"]}  # the id is all find needs
+                        index[str(number)] = str(b["id"])  # the id is all find needs
             with self._index_lock:
                 self._bills_by_vendor[vendor_id] = index
             return index
@@ -210,7 +211,7 @@ class Bill(Connector):
             index = self._bills_by_vendor.get(str(bill.get("vendorId")))
             number = (bill.get("invoice") or {}).get("invoiceNumber")
             if index is not None and number is not None:
-                index[str(number)] = {"id": bill["id"]}
+                index[str(number)] = str(bill["id"])
 
     def reset_run_caches(self) -> None:
         with self._index_lock:
