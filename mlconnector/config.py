@@ -26,7 +26,6 @@ definitions in `mlconnector.pairs`; here those sections are only typed loosely.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
 import os
 import re
@@ -49,6 +48,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .urls import is_loopback
 
 APP = "mlconnector"
 CONFIG_FILE = "connectors.toml"
@@ -80,22 +80,6 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 def env_var_name(system: str, field: str) -> str:
     """`MLCONNECTOR_<SYSTEM>_<FIELD>`, upper-cased, `-` as `_` (DESIGN, secrets rules)."""
     return f"MLCONNECTOR_{system}_{field}".upper().replace("-", "_")
-
-
-def is_loopback(host: str | None) -> bool:
-    """localhost, 127.0.0.0/8 or ::1 (also as an IPv4-mapped IPv6 address)."""
-    if not host:
-        return False
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
 
 
 def check_url(value: str) -> str:

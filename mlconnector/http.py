@@ -19,7 +19,6 @@ Sleeps and time come from an injected clock, so no test waits in real time.
 
 from __future__ import annotations
 
-import ipaddress
 import json as jsonlib
 import os
 import random
@@ -50,6 +49,7 @@ from .errors import (
     Throttled,
     TransientError,
 )
+from .urls import is_loopback  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from .auth import Authenticator
@@ -81,22 +81,6 @@ class AuditSink(Protocol):
 
 
 # -- helpers a connector may reuse ---------------------------------------------------------
-def is_loopback(host: str | None) -> bool:
-    """localhost, 127.0.0.0/8 or ::1 (also IPv4-mapped)."""
-    if not host:
-        return False
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
-
-
 def _first(value: Any) -> Any:
     return value[0] if isinstance(value, list) and value else value
 
