@@ -1,5 +1,7 @@
 """Peak memory (max RSS) of `mlconnector sync` at 10k versus 100k bills (target ≤ 1.2×).
 The emulators run in this process; the sync in a child whose peak RSS is measured.
+The child reads its own VmHWM: getrusage's ru_maxrss would report this (large) parent's
+size at fork time, which grows with the number of seeded bills.
 
 usage: python bench/memory.py [SMALL] [LARGE]
 """
@@ -15,12 +17,13 @@ from _common import prepare  # noqa: E402
 def peak_rss_mb(n: int) -> float:
     fb, bill, path, env = prepare(n)
     try:
-        code = ("import resource, runpy, sys\n"
+        code = ("import runpy, sys\n"
                 f"sys.argv = ['mlconnector', '--config', {str(path)!r}, 'sync', "
                 "'freshbooks-bill']\n"
                 "try:\n    runpy.run_module('mlconnector', run_name='__main__')\n"
                 "except SystemExit:\n    pass\n"
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+                "print([line.split()[1] for line in open('/proc/self/status')\n"
+                "       if line.startswith('VmHWM')][0], file=sys.stderr)")
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                               text=True)
         assert len(bill.bills) == n, done.stdout + done.stderr

@@ -436,7 +436,10 @@ class HttpClient:
                     else None
             except ValueError:
                 body = None
-            return Response(raw.status_code, raw.headers, body, raw.text,
+            # not raw.text: for a body without a charset, requests runs charset detection
+            # over the whole body (slow, and it made RSS grow with every page read)
+            text = raw.content.decode(raw.encoding or "utf-8", "replace") if raw.content else ""
+            return Response(raw.status_code, raw.headers, body, text,
                             time.perf_counter() - started)
         finally:
             if self.audit is not None:
