@@ -9,6 +9,7 @@ so each of its `billPayments` is one record.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -97,6 +98,32 @@ def bill_time(iso_utc: str) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
+class NaturalKeyIndex:
+    """(vendor id, invoice number) -> BILL bill id for one run, in a temporary SQLite
+    table rather than a dict, so memory stays flat however many bills a run writes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect("", check_same_thread=False)  # a private temp file
+        self._db.execute("CREATE TABLE k (vendor TEXT, number TEXT, id TEXT, "
+                         "PRIMARY KEY (vendor, number))")
+
+    def add_many(self, vendor: str, rows: list[tuple[str, str]]) -> None:
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO k VALUES (?, ?, ?)",
+                                 [(vendor, number, bill_id) for number, bill_id in rows])
+
+    def get(self, vendor: str, number: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT id FROM k WHERE vendor=? AND number=?",
+                                   (vendor, number)).fetchone()
+        return row[0] if row else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM k")
+
+
 class Bill(Connector):
     system_type = "bill"
     paginator = BillPages()
@@ -114,7 +141,8 @@ class Bill(Connector):
     def __init__(self, http: HttpClient):
         super().__init__(http)
         self._index_lock = threading.Lock()
-        self._bills_by_vendor: dict[str, dict[str, str]] = {}  # invoice number -> id
+        self._indexed: set[str] = set()  # vendors whose bills are in the index
+        self._index = NaturalKeyIndex()
         self._vendor_locks: dict[str, threading.Lock] = {}
 
     def since_params(self, ep: Endpoint, since: str | None) -> dict[str, Any]:
@@ -148,7 +176,7 @@ class Bill(Connector):
             return self._find_vendor(payload)
         if entity == "bills":
             number = (payload.get("invoice") or {}).get("invoiceNumber")
-            found = self._vendor_bills(str(payload["vendorId"])).get(str(number))
+            found = self._find_bill(str(payload["vendorId"]), str(number))
             return {"id": found} if found else None
         return None
 
@@ -183,37 +211,37 @@ class Bill(Connector):
             f"BILL has {len(candidates)} vendor(s) named {name!r} and none matches on email "
             "or tax id; link or rename one in BILL, then replay")
 
-    def _vendor_bills(self, vendor_id: str) -> dict[str, str]:
-        # one lock per vendor: the indexes of different vendors are listed in parallel
+    def _find_bill(self, vendor_id: str, number: str) -> str | None:
+        self._index_vendor(vendor_id)
+        return self._index.get(vendor_id, number)
+
+    def _index_vendor(self, vendor_id: str) -> None:
+        """List a vendor's BILL bills once per run (one lock per vendor, so different
+        vendors are listed in parallel)."""
         with self._index_lock:
-            known = self._bills_by_vendor.get(vendor_id)
-            if known is not None:
-                return known
+            if vendor_id in self._indexed:
+                return
             lock = self._vendor_locks.setdefault(vendor_id, threading.Lock())
         with lock:
             with self._index_lock:
-                known = self._bills_by_vendor.get(vendor_id)
-            if known is not None:
-                return known
-            index: dict[str, str] = {}
+                if vendor_id in self._indexed:
+                    return
             params = {"filters": f"vendorId:eq:{_quote(vendor_id)}"}
             for rows in self.paginator.pages(self.http, self.url("bills"), params, None):
-                for b in rows:
-                    number = (b.get("invoice") or {}).get("invoiceNumber")
-                    if number is not None and not b.get("archived"):
-                        index[str(number)] = str(b["id"])  # the id is all find needs
+                self._index.add_many(vendor_id, [
+                    (str(b["invoice"]["invoiceNumber"]), str(b["id"])) for b in rows
+                    if (b.get("invoice") or {}).get("invoiceNumber") is not None
+                    and not b.get("archived")])
             with self._index_lock:
-                self._bills_by_vendor[vendor_id] = index
-            return index
+                self._indexed.add(vendor_id)
 
     def _remember_bill(self, bill: dict[str, Any]) -> None:
-        with self._index_lock:
-            index = self._bills_by_vendor.get(str(bill.get("vendorId")))
-            number = (bill.get("invoice") or {}).get("invoiceNumber")
-            if index is not None and number is not None:
-                index[str(number)] = str(bill["id"])
+        number = (bill.get("invoice") or {}).get("invoiceNumber")
+        if number is not None:
+            self._index.add_many(str(bill.get("vendorId")), [(str(number), str(bill["id"]))])
 
     def reset_run_caches(self) -> None:
         with self._index_lock:
-            self._bills_by_vendor.clear()
+            self._indexed.clear()
             self._vendor_locks.clear()
+            self._index.clear()
