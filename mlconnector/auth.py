@@ -204,14 +204,11 @@ class _BearerToken(_Cached):
 
     def _token_errors(self, what: str, *secrets: str | None):
         """A classify for the token endpoint: OAuth's own error answers."""
-        from .http import server_message
 
         def classify(resp: Response) -> MlcError | None:
             if resp.status < 400:
                 return None
-            code, message = server_message(resp)
-            message = scrub(message, *secrets)
-            bits = " ".join(b for b in (str(resp.status), code) if b)
+            code, message, bits = _refusal(resp, secrets)
             if code == "invalid_grant":
                 return AuthError(f"{self.system}: the {what} was refused (already used or "
                                  f"revoked) [{bits}]: {message}", system=self.system,
@@ -454,14 +451,10 @@ class BillSessionAuth(_Cached):
         return self._dev_key_value
 
     def _login_errors(self, *secrets: str | None):
-        from .http import server_message
-
         def classify(resp: Response) -> MlcError | None:
             if resp.status < 400:
                 return None
-            code, message = server_message(resp)
-            message = scrub(message, *secrets)
-            bits = " ".join(b for b in (str(resp.status), code) if b)
+            code, message, bits = _refusal(resp, secrets)
             if code == "BDC_1101":
                 return AuthError(f"{self.system}: BILL refused the login [{bits}]: {message} "
                                  f"(user {self.username}, organization "
@@ -536,3 +529,12 @@ class BillSessionAuth(_Cached):
 
 __all__ = ["Authenticator", "BasicAuth", "BillSessionAuth", "ClientCredentialsAuth",
            "OAuthRefreshAuth", "file_lock", "scrub"]
+
+
+def _refusal(resp: Response, secrets: tuple[str | None, ...]) -> tuple[str | None, str, str]:
+    """The server's code and message (any secret scrubbed out) and "status code" for a
+    message, shared by the token and login error tables."""
+    from .http import server_message
+
+    code, message = server_message(resp)
+    return code, scrub(message, *secrets), " ".join(b for b in (str(resp.status), code) if b)

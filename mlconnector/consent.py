@@ -169,15 +169,15 @@ def status(system: Any, state_db: State) -> dict[str, Any]:
     for field in system.secret_fields:
         out["secrets"][field] = store.source(field) or "missing"
         if field == "refresh_token" and store.source(field) == "environment" and \
-                store._kr_get("refresh_token") and store.get_refresh_token() != \
+                store.get_stored("refresh_token") and store.get_refresh_token() != \
                 store.env.get(system.env_var("refresh_token")):
             out["secrets"][field] = "keyring (rotated from the environment value)"
-    cached = store._kr_get("access_token")
+    cached = store.get_stored("access_token")
     if cached:
         token = json.loads(cached)
         out["access_token_expires"] = _when(token.get("expires_at"))
         out["last_refresh"] = _when(token.get("refreshed_at"))
-    session = store._kr_get("session")
+    session = store.get_stored("session")
     if session:
         out["session_last_used"] = _when(json.loads(session).get("last_used"))
     learned = state_db.get_value(f"freshbooks:{system.name}:account_id")
@@ -204,7 +204,7 @@ def logout(system: Any, state_db: State, audit: Audit) -> list[str]:
                 done.append(f"could not revoke at FreshBooks ({exc}); forgotten here anyway")
     for field in ("refresh_token", "refresh_token.bootstrap_sha256", "access_token",
                   "session"):
-        if store._kr_get(field):
+        if store.get_stored(field):
             store.delete(field)
             done.append(f"forgot {field}")
     state_db.delete_value(f"freshbooks:{system.name}:account_id")

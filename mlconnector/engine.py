@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from .audit import Audit
@@ -460,10 +460,3 @@ def _record_from(parked: Parked) -> Record:
 
 def _explain(exc: AuthError) -> str:
     return f"{exc}" + (f"\n  fix: {exc.fix}" if exc.fix else "")
-
-
-def now_iso(clock: Clock) -> str:
-    return clock.now().isoformat()
-
-
-__all__ = ["PairRun", "RunResult", "FlowStats", "Alarm", "datetime"]

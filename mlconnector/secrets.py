@@ -129,8 +129,6 @@ class SecretStore:
         except keyring.errors.NoKeyringError:
             return None  # environment-only operation is a supported set-up
 
-    _kr_get = get_stored  # the older name, still used by consent.py
-
     def writable(self) -> bool:
         """A keyring backend that can store is present."""
         try:

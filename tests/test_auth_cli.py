@@ -83,7 +83,7 @@ def test_auth_test_says_who_we_are_and_refusal_exits_3(business, monkeypatch):
 def test_logout_forgets_tokens(business):
     path = business.write_config()
     assert runner.invoke(app, ["--config", str(path), "auth", "test", "books"]).exit_code == 0
-    assert SecretStore("books")._kr_get("access_token")
+    assert SecretStore("books").get_stored("access_token")
     out = runner.invoke(app, ["--config", str(path), "auth", "logout", "books"])
     assert out.exit_code == 0 and "forgot access_token" in out.output
-    assert SecretStore("books")._kr_get("access_token") is None
+    assert SecretStore("books").get_stored("access_token") is None

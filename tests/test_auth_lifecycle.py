@@ -24,7 +24,7 @@ def test_rotated_refresh_token_is_saved_and_wins_over_the_spent_env_value(busine
     seed(business)
     business.sync()
     store = SecretStore("books")
-    saved = store._kr_get("refresh_token")
+    saved = store.get_stored("refresh_token")
     assert saved and saved != store.env["MLCONNECTOR_BOOKS_REFRESH_TOKEN"]
     assert store.get_refresh_token() == saved
     # the access token dies: the next run refreshes with the saved token, not the env one
@@ -80,7 +80,7 @@ def test_no_secret_value_reaches_the_data_dir_or_the_audit(business):
     business.sync()
     secrets = [business.fb.client_secret, business.bill.password, business.bill.dev_key]
     store = SecretStore("books")
-    secrets.append(store._kr_get("refresh_token"))
+    secrets.append(store.get_stored("refresh_token"))
     for path in business.data_dir.rglob("*"):
         if path.is_file():
             data = path.read_bytes()

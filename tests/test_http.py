@@ -25,29 +25,11 @@ from mlconnector.errors import (
 )
 from mlconnector.http import HttpClient, Response, _encode, server_message, shown_path
 
+from .fakes import CountingAuth, Lines
+
 BASE = "https://api.example.test"
 
 
-class Lines:
-    def __init__(self):
-        self.lines: list[dict] = []
-
-    def write(self, event, **fields):
-        self.lines.append({"event": event, **fields})
-
-
-class CountingAuth:
-    fix_hint = "run: mlconnector auth login books"
-
-    def __init__(self):
-        self.token, self.refreshes = "tok-1", 0
-
-    def apply(self, headers, http):
-        headers["Authorization"] = f"Bearer {self.token}"
-
-    def reauthenticate(self, http):
-        self.refreshes += 1
-        self.token = f"tok-{self.refreshes + 1}"
 
 
 def client(**kw) -> HttpClient:

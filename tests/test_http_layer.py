@@ -22,29 +22,11 @@ from mlconnector.errors import (
 )
 from mlconnector.http import HttpClient, _encode
 
+from .fakes import CountingAuth, Lines
+
 BASE = "https://api.example.test"
 
 
-class Lines:
-    def __init__(self):
-        self.lines = []
-
-    def write(self, event, **fields):
-        self.lines.append({"event": event, **fields})
-
-
-class StaticAuth:
-    fix_hint = "run: mlconnector auth login books"
-
-    def __init__(self):
-        self.token, self.refreshes = "tok-1", 0
-
-    def apply(self, headers, http):
-        headers["Authorization"] = f"Bearer {self.token}"
-
-    def reauthenticate(self, http):
-        self.refreshes += 1
-        self.token = f"tok-{self.refreshes + 1}"
 
 
 def client(**kw):
@@ -107,7 +89,7 @@ def test_a_refused_token_is_refreshed_once_then_auth_error():
     responses.get(f"{BASE}/x", status=401, json={"response": {"errors": [
         {"errno": 1003, "message": "not authorized"}]}})
     responses.get(f"{BASE}/x", json={"ok": 1})
-    auth = StaticAuth()
+    auth = CountingAuth()
     http = client(authenticator=auth, classify=fb_classify)
     assert http.get("/x").body == {"ok": 1} and auth.refreshes == 1
     responses.replace(responses.GET, f"{BASE}/x", status=401, json={})
