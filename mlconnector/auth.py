@@ -71,6 +71,27 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if ts else None
 
 
+def client_auth(form: dict[str, str], client_id: str, secret: str, *,
+                basic: bool) -> dict[str, str]:
+    """The client's credentials, as HTTP Basic (returned headers) or in the form."""
+    if basic:
+        pair = f"{client_id}:{secret}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+    form.update(client_id=client_id, client_secret=secret)
+    return {}
+
+
+def refresh_expiries(body: Any, now: float) -> dict[str, float]:
+    """When the refresh token dies: QuickBooks' rolling and hard (5-year) expiries."""
+    out = {}
+    for key, name in (("x_refresh_token_expires_in", "refresh_expires_at"),
+                      ("x_refresh_token_hard_expires_in", "refresh_hard_expires_at")):
+        value = body.get(key) if isinstance(body, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = now + float(value)
+    return out
+
+
 class _Cached:
     """A credential held in memory and in the keyring, obtained single-flight."""
 
@@ -251,11 +272,15 @@ class OAuthRefreshAuth(_BearerToken):
     def __init__(self, system_name: str, *, token_url: str, client_id: str,
                  redirect_uri: str | None, secrets: SecretStore, locks_dir: Path,
                  clock: Clock = SYSTEM_CLOCK, margin: float = 300,
-                 default_lifetime: float = 3600):
+                 default_lifetime: float = 3600, basic: bool = False,
+                 token_headers: Mapping[str, str] | None = None):
         super().__init__(system_name, token_url=token_url, client_id=client_id,
                          secrets=secrets, locks_dir=locks_dir, clock=clock, margin=margin,
                          default_lifetime=default_lifetime)
         self.redirect_uri = redirect_uri
+        # QuickBooks: client id and secret as HTTP Basic, and the header that asks for
+        # the refresh token's hard (5-year) expiry
+        self.basic, self.token_headers = basic, dict(token_headers or {})
         self.fix_hint = f"run: mlconnector auth login {system_name}"
 
     def _obtain(self, http: HttpClient) -> dict[str, Any]:
@@ -274,15 +299,18 @@ class OAuthRefreshAuth(_BearerToken):
                 fix=KEYRING_FIXES.format(var=var) + f" (the refresh tokens are single-use: "
                     f"with {var} alone, every refresh needs a new consent, "
                     f"mlconnector auth login {self.system}, and a new value of {var})")
-        form = {"grant_type": "refresh_token", "refresh_token": refresh_token,
-                "client_id": self.client_id, "client_secret": client_secret}
-        if self.redirect_uri:
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        headers = client_auth(form, self.client_id, client_secret, basic=self.basic)
+        headers.update(self.token_headers)
+        if self.redirect_uri and not self.basic:
             form["redirect_uri"] = self.redirect_uri
         client, path = self._client_for(http, self.token_url)
-        resp = client.request("POST", path, data=form, authenticated=False, idempotent=False,
+        resp = client.request("POST", path, data=form, headers=headers, authenticated=False,
+                              idempotent=False,
                               classify=self._token_errors("refresh token", refresh_token,
                                                           client_secret))
         token = self._token_from(resp.body)
+        token.update(refresh_expiries(resp.body, token["refreshed_at"]))
         new_refresh = resp.body.get("refresh_token")
         try:  # persisted before use: a crash after this loses nothing
             if isinstance(new_refresh, str) and new_refresh:
@@ -347,12 +375,7 @@ class ClientCredentialsAuth(_BearerToken):
     def _obtain(self, http: HttpClient) -> dict[str, Any]:
         secret = self._client_secret()
         form = {"grant_type": "client_credentials", **self.extra_form}
-        headers: dict[str, str] = {}
-        if self.basic:
-            pair = f"{self.client_id}:{secret}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-        else:
-            form.update(client_id=self.client_id, client_secret=secret)
+        headers = client_auth(form, self.client_id, secret, basic=self.basic)
         if self.scope:
             form["scope"] = self.scope
         client, path = self._client_for(http, self.token_url)

@@ -286,6 +286,10 @@ class ServiceNowSystem(_System):
     auth: Literal["client_credentials", "basic"] = "client_credentials"
     client_id: Text | None = None         # for auth = "client_credentials"
     username: Text | None = None          # for auth = "basic"
+    # how AP records are written: through the Import Set staging tables (the default,
+    # transformed by the instance) or straight into the tables with the Table API, for
+    # instances without the Source-to-Pay integration framework
+    write_via: dict[Literal["invoices", "payments"], Literal["import_set", "table"]] = {}
 
     # The documented tables (api/servicenow.md); an instance may rename any of them.
     DEFAULT_TABLES: ClassVar[dict[str, str]] = {
@@ -302,6 +306,10 @@ class ServiceNowSystem(_System):
         "invoice_line_import": "sn_spend_intg_imp_invoice_line",
         "invoice_tax_line_import": "sn_spend_intg_imp_invoice_tax_line",
         "payment_detail_import": "sn_spend_intg_imp_invoice_payment_detail",
+        # No documented S2P staging table takes journal entries: a site-defined import
+        # set table (and its target) that the instance must provide; rename freely.
+        "journal_import": "u_ap_journal_import",
+        "journal_entry": "u_ap_journal_entry",
     }
 
     @model_validator(mode="after")

@@ -152,9 +152,11 @@ class PairRun:
     # -- a normal run ---------------------------------------------------------------------
     def _run_flows(self, res: RunResult, full: bool, since: str | None,
                    only_flow: str | None) -> None:
-        for flow in self.flows:
-            if only_flow and flow.name != only_flow:
-                continue
+        flows = [f for f in self.flows if not only_flow or f.name == only_flow]
+        for side_name, side in self.sides.items():
+            side.plan_reads({f.definition.read_entity: self._start(f, full, since)
+                             for f in flows if f.definition.read_side == side_name})
+        for flow in flows:
             stats = res.flows.setdefault(flow.name, FlowStats())
             started, calls0 = time.monotonic(), self._calls()
             try:
@@ -171,7 +173,7 @@ class PairRun:
         whose every record is handled, in order."""
         fdef = flow.definition
         reader, writer = self.sides[fdef.read_side], self.sides[fdef.write_side]
-        start = None if full else (since or self.state.watermark(self.name, flow.name))
+        start = self._start(flow, full, since)
         mark = [self.state.watermark(self.name, flow.name)]
         pages = reader.read(fdef.read_entity, since=start)
         pending: deque[tuple[list[Future], str | None]] = deque()
@@ -188,7 +190,8 @@ class PairRun:
                         system=exc.system, status=exc.status, code=exc.code) from exc
                 stats.read += len(page)
                 jobs = [j for j in (self._prepare(flow, rec, stats) for rec in page) if j]
-                newest = max((r.cursor for r in page if r.cursor), default=None)
+                newest = getattr(page, "watermark", None) or max(
+                    (r.cursor for r in page if r.cursor), default=None)
                 pending.append(([pool.submit(self._write, j, stats) for j in jobs], newest))
                 # at most two pages in flight: memory stays flat in the number of records
                 self._settle(flow, pending, mark, keep=1)
@@ -196,6 +199,25 @@ class PairRun:
             self._settle(flow, pending, mark, keep=0)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        if reader.needs_reconcile(fdef.read_entity):
+            self._reconcile(flow, stats)
+
+    def _start(self, flow: Flow, full: bool, since: str | None) -> str | None:
+        return None if full else (since or self.state.watermark(self.name, flow.name))
+
+    def _reconcile(self, flow: Flow, stats: FlowStats) -> None:
+        """The read could not see deletions (QuickBooks' query endpoint never shows a
+        deleted transaction): ask the source which of the ids we wrote are gone."""
+        reader = self.sides[flow.definition.read_side]
+        for ids in self.state.mapped_source_ids(self.name, flow.name):
+            try:
+                gone = reader.reconcile(flow.definition.read_entity, ids)
+            except TransientError as exc:
+                raise UnavailableError(f"could not check {flow.definition.label}s for "
+                                       f"deletions: {exc}", system=exc.system) from exc
+            stats.read += len(gone)
+            jobs = [j for j in (self._prepare(flow, rec, stats) for rec in gone) if j]
+            self._write_all(jobs, stats)
 
     def _settle(self, flow: Flow, pending: deque, mark: list[str | None], *, keep: int) -> None:
         """Finish the oldest pages until `keep` remain; move the watermark over them."""
@@ -267,9 +289,22 @@ class PairRun:
             if parked and parked.payload.get("version") == rec.version:
                 return None  # still parked from an earlier run: counted in the totals
         void = flow.definition.void_when
-        if known and void and self.options.get("deletes") == "void" and all(
-                str(rec.data.get(f)) in allowed for f, allowed in void.items()):
-            return _Job(flow, rec, {}, [], known.target_id, replay, void=True)
+        if void and all(str(rec.data.get(f)) in allowed for f, allowed in void.items()):
+            if known and self.options.get("deletes") == "void":
+                if known.version == rec.version:
+                    stats.unchanged += 1
+                    return None
+                return _Job(flow, rec, {}, [], known.target_id, replay, void=True)
+            stats.skipped += 1
+            why = ("deleted or voided in the source; deletes = \"ignore\" leaves the target "
+                   "as it is" if known else "deleted or voided in the source before it was "
+                   "ever written")
+            self._audit("record.skipped", flow, rec.id, known.target_id if known else None,
+                        reason=why, deleted=True)
+            if known and not self.dry_run:  # remember we saw it: no repeat every run
+                self.state.record_synced(self.name, flow.name, rec.id, known.target_id,
+                                         rec.version, known.payload_hash, self.clock.now())
+            return None
         for fld, allowed in flow.definition.only.items():
             if str(rec.data.get(fld)) not in allowed:
                 stats.skipped += 1

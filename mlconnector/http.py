@@ -199,6 +199,9 @@ _DECIMAL_MARK = re.compile(r'"(@@dec-[0-9a-f]{32}-)(\d+)@@"')
 encode_json = _encode
 
 
+encode_json = _encode
+
+
 def _secret_name(name: str) -> bool:
     low = name.lower()
     return low in SECRET_PARAMS or any(word in low for word in _SECRET_WORDS)

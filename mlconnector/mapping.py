@@ -11,7 +11,8 @@ A mapping is data: target field -> rule. A rule is a source path ("vendor_name",
   required  true: an empty value holds the record
   values    a table translating source values (e.g. payment types); `default` if no hit
   lookup    the name of a user lookup table; `keys` lists the source paths tried in order
-            (ids or names); `fallback` names an entry of the pair's [fallbacks]
+            (ids or names); `fallback` names an entry of the pair's [fallbacks];
+            `optional = true` leaves the field out instead of holding the record
   ref       the flow whose id map turns this source id into a target id;
             `reverse = true` turns a target id back into the source id
   each      a list path: the rule's `fields` are applied to every element
@@ -36,7 +37,7 @@ from .errors import ConfigError, HeldError
 
 CENT = Decimal("0.01")
 RULE_KEYS = {"from", "const", "template", "type", "default", "required", "values", "lookup",
-             "keys", "fallback", "ref", "reverse", "each", "fields", "label"}
+             "keys", "fallback", "ref", "reverse", "each", "fields", "label", "optional"}
 TYPES = {"money", "money_str", "decimal", "str", "int", "bool", "date", "country"}
 # Country names as FreshBooks writes them -> the ISO codes BILL wants; others pass if 2 letters.
 COUNTRIES = {
@@ -227,6 +228,11 @@ class FieldMap:
             decisions.append({"field": where, "rule": "fallback", "table": table_name,
                               "tried": tried, "fallback": fb, "result": ctx.fallbacks[fb]})
             return ctx.fallbacks[fb]
+        if rule.get("optional"):
+            if tried:
+                decisions.append({"field": where, "rule": "lookup", "table": table_name,
+                                  "tried": tried, "result": None})
+            return None
         missing.append({"field": where, "lookup": table_name, "tried": tried,
                         "reason": f"{label} not mapped for {shown} (lookup {table_name})"})
         return None

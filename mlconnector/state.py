@@ -180,6 +180,18 @@ class State:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def mapped_source_ids(self, pair: str, flow: str, chunk: int = 500) -> Iterator[list[str]]:
+        """Every source id the flow has written, a chunk at a time (memory stays flat)."""
+        last = ""
+        while True:
+            rows = self._all("SELECT source_id FROM id_map WHERE pair=? AND flow=? AND "
+                             "source_id > ? ORDER BY source_id LIMIT ?",
+                             (pair, flow, last, chunk))
+            if not rows:
+                return
+            yield [r[0] for r in rows]
+            last = rows[-1][0]
+
     def count_mapped(self, pair: str) -> dict[str, int]:
         return dict(self._all("SELECT flow, count(*) FROM id_map WHERE pair=? GROUP BY flow",
                               (pair,)))

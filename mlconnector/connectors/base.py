@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +35,17 @@ class Endpoint:
     params: Mapping[str, Any] = field(default_factory=dict)   # fixed list params
     explode: str | None = None         # a list field whose elements are the records
     label: str = "record"              # in the users' words: "bill", "vendor"
+
+
+class Page(list):
+    """A page of records. `watermark` is set where the API says how far a complete read
+    reached (QuickBooks CDC's server `time`); else the newest record's cursor counts."""
+
+    watermark: str | None = None
+
+    def __init__(self, records: Iterable[Record] = (), watermark: str | None = None):
+        super().__init__(records)
+        self.watermark = watermark
 
 
 class Paginator(Protocol):
@@ -86,6 +97,19 @@ class Connector:
         params.update(self.since_params(ep, since))
         for rows in self.paginator.pages(self.http, self.url(entity), params, ep.list_key):
             yield [rec for row in rows for rec in self.records(ep, row)]
+
+    def plan_reads(self, reads: Mapping[str, str | None]) -> None:
+        """Told before a run which entities its flows will read, and since when (an API
+        that answers for several entities in one call, like QuickBooks CDC, uses it)."""
+
+    def needs_reconcile(self, entity: str) -> bool:
+        """True when this run's read may have missed deletions of `entity` (the engine
+        then calls `reconcile` with the ids it has written)."""
+        return False
+
+    def reconcile(self, entity: str, ids: list[str]) -> list[Record]:
+        """Deleted-record stubs for those of `ids` that no longer exist."""
+        return []
 
     def since_params(self, ep: Endpoint, since: str | None) -> dict[str, Any]:
         return {}

@@ -11,7 +11,8 @@ from typing import Any
 from ..errors import ConfigError
 from ..mapping import FieldMap, with_overrides
 
-BUILT_IN = {("freshbooks", "bill"): "freshbooks-bill"}
+BUILT_IN = {("freshbooks", "bill"): "freshbooks-bill",
+            ("quickbooks", "servicenow"): "quickbooks-servicenow"}
 
 
 @dataclass(frozen=True)
