@@ -20,13 +20,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from .audit import Audit
+from .auth import client_auth, refresh_expiries
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import AuthError, ConfigError, MlcError
 from .http import HttpClient, is_loopback
 from .secrets import SecretStore
 from .state import State
 
-OAUTH_TYPES = ("freshbooks",)
+OAUTH_TYPES = ("freshbooks", "quickbooks")
+QUICKBOOKS_SCOPE = "com.intuit.quickbooks.accounting"
 FRESHBOOKS_SCOPES = (
     "user:profile:read user:bills:read user:bills:write user:bill_vendors:read "
     "user:bill_vendors:write user:bill_payments:read user:bill_payments:write "
@@ -37,11 +39,18 @@ FRESHBOOKS_SCOPES = (
 def authorize_url(system: Any, state: str) -> str:
     query = {"client_id": system.client_id, "response_type": "code",
              "redirect_uri": system.redirect_uri, "state": state}
+    if system.type == "quickbooks":
+        query["scope"] = QUICKBOOKS_SCOPE
     return f"{system.authorize_url()}?{urlencode(query)}"
 
 
 def parse_redirect(pasted: str, expected_state: str) -> str:
     """The authorization code from the address the browser landed on."""
+    return redirect_params(pasted, expected_state)["code"]
+
+
+def redirect_params(pasted: str, expected_state: str) -> dict[str, str]:
+    """The redirect's parameters (code, and QuickBooks' realmId), its state checked."""
     text = pasted.strip()
     query = parse_qs(urlsplit(text).query) if "?" in text else parse_qs(text)
     if "error" in query:
@@ -54,7 +63,7 @@ def parse_redirect(pasted: str, expected_state: str) -> str:
     code = (query.get("code") or [""])[0]
     if not code:
         raise AuthError("the pasted address has no authorization code")
-    return code
+    return {k: v[0] for k, v in query.items()}
 
 
 def catch_redirect(redirect_uri: str, timeout: float = 300) -> str:
@@ -115,24 +124,68 @@ def login(system: Any, *, state_db: State, audit: Audit, data_dir: Path,
             "address the browser was sent to (it may show an error page; that is fine):")
         say(url)
         landed = (read_line or sys.stdin.readline)()
-    code = parse_redirect(landed, state)
-    http = HttpClient(system.name, system.resolved_base_url(), audit=audit, clock=clock)
-    token_path = system.token_url()[len(http.base_url):]
-    resp = http.request("POST", token_path, data={
-        "grant_type": "authorization_code", "code": code, "client_id": system.client_id,
-        "client_secret": client_secret, "redirect_uri": system.redirect_uri},
-        authenticated=False, idempotent=False)
+    params = redirect_params(landed, state)
+    form = {"grant_type": "authorization_code", "code": params["code"],
+            "redirect_uri": system.redirect_uri}
+    headers = client_auth(form, system.client_id, client_secret,
+                          basic=system.type == "quickbooks")
+    token_client = HttpClient(system.name, _origin(system.token_url()), audit=audit,
+                              clock=clock)
+    resp = token_client.request("POST", urlsplit(system.token_url()).path, data=form,
+                                headers={**headers, "x-include-refresh-token-hard-expires-in":
+                                         "true"} if system.type == "quickbooks" else headers,
+                                authenticated=False, idempotent=False)
     body = resp.body or {}
+    if not isinstance(body.get("refresh_token"), str) or not body.get("access_token"):
+        raise AuthError(f"{system.name}: the token endpoint answered without tokens")
     now = clock.now().timestamp()
     expires_at = float(body.get("created_at") or now) + float(body.get("expires_in") or 3600)
     store.save_refresh_token(body["refresh_token"])
     store.set("access_token", json.dumps({"access_token": body["access_token"],
-                                          "expires_at": expires_at, "refreshed_at": now}))
+                                          "expires_at": expires_at, "refreshed_at": now,
+                                          **refresh_expiries(body, now)}))
     headers = {"Authorization": f"Bearer {body['access_token']}"}
+    api = _WithHeaders(HttpClient(system.name, system.resolved_base_url(), audit=audit,
+                                  clock=clock), headers)
+    expires = datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="minutes")
+    if system.type == "quickbooks":
+        return _learn_realm(system, params, api, state_db, audit) | {"expires": expires}
+    chosen = _choose_business(system, api, account_id, choose)
+    state_db.set_value(f"freshbooks:{system.name}:account_id", chosen)
+    audit.write("auth.login", system=system.name, account_id=chosen)
+    return {"account_id": chosen, "expires": expires}
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _learn_realm(system: Any, params: dict[str, str], api: Any, state_db: State,
+                 audit: Audit) -> dict[str, str]:
+    """QuickBooks names the company (realmId) only on the redirect."""
+    realm = params.get("realmId") or ""
+    if not realm.isdigit():
+        raise AuthError("the redirect carries no realmId (QuickBooks company id); nothing "
+                        "was stored", fix=f"start again: mlconnector auth login {system.name}")
+    if system.realm_id and system.realm_id != realm:
+        raise AuthError(f"consent was given for QuickBooks company {realm}, but "
+                        f"systems.{system.name}.realm_id is {system.realm_id}",
+                        fix=f"remove realm_id from the config or log in to company "
+                            f"{system.realm_id}")
+    state_db.set_value(f"quickbooks:{system.name}:realm_id", realm)
+    info = api.get(f"/v3/company/{realm}/companyinfo/{realm}",
+                   params={"minorversion": system.minor_version}).body or {}
+    company = str((info.get("CompanyInfo") or {}).get("CompanyName") or "?")
+    audit.write("auth.login", system=system.name, realm_id=realm)
+    return {"account_id": f"{realm} ({company})", "realm_id": realm, "company": company}
+
+
+def _choose_business(system: Any, api: Any, account_id: str | None,
+                     choose: Callable[[list[dict[str, str]]], str] | None) -> str:
     from .connectors.freshbooks import discover_account_id
 
-    http_auth = HttpClient(system.name, system.resolved_base_url(), audit=audit, clock=clock)
-    businesses = discover_account_id(_WithHeaders(http_auth, headers))
+    businesses = discover_account_id(api)
     chosen = account_id or system.account_id
     if not chosen:
         owners = [b for b in businesses if b["role"] in ("owner", "business_partner")]
@@ -147,10 +200,7 @@ def login(system: Any, *, state_db: State, audit: Audit, data_dir: Path,
                             fix=f"mlconnector auth login {system.name} --account-id ID")
     if chosen not in {b["account_id"] for b in businesses}:
         raise AuthError(f"account {chosen} is not one this login can reach")
-    state_db.set_value(f"freshbooks:{system.name}:account_id", chosen)
-    audit.write("auth.login", system=system.name, account_id=chosen)
-    return {"account_id": chosen,
-            "expires": datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="minutes")}
+    return chosen
 
 
 class _WithHeaders:
@@ -177,12 +227,16 @@ def status(system: Any, state_db: State) -> dict[str, Any]:
         token = json.loads(cached)
         out["access_token_expires"] = _when(token.get("expires_at"))
         out["last_refresh"] = _when(token.get("refreshed_at"))
+        # QuickBooks: the refresh token's rolling (100-day) and hard (5-year) ends
+        out["refresh_token_expires"] = _when(token.get("refresh_expires_at"))
+        out["consent_expires"] = _when(token.get("refresh_hard_expires_at"))
     session = store.get_stored("session")
     if session:
         out["session_last_used"] = _when(json.loads(session).get("last_used"))
-    learned = state_db.get_value(f"freshbooks:{system.name}:account_id")
-    if learned or getattr(system, "account_id", None):
-        out["account_id"] = getattr(system, "account_id", None) or learned
+    for what in ("account_id", "realm_id"):
+        learned = state_db.get_value(f"{system.type}:{system.name}:{what}")
+        if learned or getattr(system, what, None):
+            out[what] = getattr(system, what, None) or learned
     out["keyring_usable"] = store.writable()
     return out
 
@@ -202,6 +256,19 @@ def logout(system: Any, state_db: State, audit: Audit) -> list[str]:
                 done.append("revoked the refresh token at FreshBooks")
             except MlcError as exc:
                 done.append(f"could not revoke at FreshBooks ({exc}); forgotten here anyway")
+    if system.type == "quickbooks":
+        token = store.get_refresh_token()
+        secret = store.get("client_secret")
+        if token and secret:
+            try:
+                http = HttpClient(system.name, _origin(system.revoke_url()), audit=audit)
+                http.request("POST", urlsplit(system.revoke_url()).path, json={"token": token},
+                             headers=client_auth({}, system.client_id, secret, basic=True),
+                             authenticated=False, idempotent=True)
+                done.append("revoked the consent at QuickBooks (the app is disconnected)")
+            except MlcError as exc:
+                done.append(f"could not revoke at QuickBooks ({exc}); forgotten here anyway")
+        state_db.delete_value(f"quickbooks:{system.name}:realm_id")
     for field in ("refresh_token", "refresh_token.bootstrap_sha256", "access_token",
                   "session"):
         if store.get_stored(field):
@@ -214,10 +281,13 @@ def logout(system: Any, state_db: State, audit: Audit) -> list[str]:
     return done
 
 
-def ping(system: Any, *, state_db: State, audit: Audit, data_dir: Path) -> str:
+def ping(system: Any, *, state_db: State, audit: Audit, data_dir: Path,
+         schema: dict[str, set[str]] | None = None) -> str:
+    """One cheap authenticated call; for ServiceNow also the tables and columns the pairs
+    write (`schema`: logical table -> columns), since it ignores unknown ones silently."""
     from .connectors import open_system
 
-    conn = open_system(system, state=state_db, audit=audit, data_dir=data_dir)
+    conn: Any = open_system(system, state=state_db, audit=audit, data_dir=data_dir)
     if system.type == "freshbooks":
         me = conn.http.get("/auth/api/v1/users/me").body.get("response", {})
         names = [m.get("business", {}).get("name") for m in me.get("business_memberships", [])
@@ -228,7 +298,43 @@ def ping(system: Any, *, state_db: State, audit: Audit, data_dir: Path) -> str:
         info = conn.http.get("/v3/login/session").body or {}
         return (f"connected to BILL organization {info.get('organizationId', '?')} as user "
                 f"{info.get('userId', '?')}")
+    if system.type == "quickbooks":
+        return (f"connected to QuickBooks company {conn.company_name()} "
+                f"(realm {conn.realm_id})")
+    if system.type == "servicenow":
+        return _ping_servicenow(system, conn, schema or {})
+    if system.type == "servicetitan":
+        body = conn.http.get(f"/settings/v2/tenant/{system.tenant_id}/business-units",
+                             params={"pageSize": 1}).body or {}
+        units = body.get("data") or []
+        tenant = (units[0].get("tenant") or {}).get("name") if units else None
+        name = tenant or (units[0].get("name") if units else "?")
+        return f"connected to ServiceTitan tenant {system.tenant_id} ({name})"
+    if system.type == "salesforce":
+        body = conn.http.get(f"/services/data/{system.api_version}/query",
+                             params={"q": "SELECT Name FROM Organization"}).body or {}
+        org = ((body.get("records") or [{}])[0]).get("Name", "?")
+        return f"connected to Salesforce organization {org} ({system.resolved_base_url()})"
     return f"connected to {system.name}"
+
+
+def _ping_servicenow(system: Any, conn: Any, schema: dict[str, set[str]]) -> str:
+    from .connectors.servicenow import ROLES
+
+    conn.list("company", "", limit=1, fields=["sys_id"])  # authenticates, or exit 3
+    who = system.username if system.auth == "basic" else f"OAuth client {system.client_id}"
+    if not conn.has_apo():
+        schema = {k: v for k, v in schema.items() if k != "supplier"}
+    problems = conn.check_schema(schema) if schema else []
+    head = (f"connected to ServiceNow {system.resolved_base_url()} as {who}; "
+            f"Accounts Payable Operations: {'yes' if conn.has_apo() else 'no (suppliers are '}"
+            f"{'' if conn.has_apo() else 'core_company rows only)'}")
+    if problems:
+        raise ConfigError("ServiceNow does not have what the pairs write (it would ignore "
+                          "unknown columns without a word):\n  " + "\n  ".join(problems)
+                          + f"\n  ({head}; the service account needs {ROLES})")
+    return head + (f"; {sum(len(v) for v in schema.values())} columns in "
+                   f"{len(schema)} tables checked" if schema else "")
 
 
 def _when(ts: Any) -> str | None:

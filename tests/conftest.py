@@ -105,3 +105,77 @@ def business(tmp_path, monkeypatch):
 
     with FreshBooksSandbox() as fb, BillSandbox() as bill:
         yield Business(fb, bill, tmp_path, monkeypatch)
+
+
+class Ledger:
+    """A QuickBooks and a ServiceNow sandbox on one fake clock, a config naming them, and
+    helpers to sync the quickbooks-servicenow pair."""
+
+    PAIR = "quickbooks-servicenow"
+
+    def __init__(self, qbo, sn, clock, tmp_path: Path, monkeypatch):
+        self.qbo, self.sn, self.clock, self.tmp_path = qbo, sn, clock, tmp_path
+        self.data_dir = tmp_path / "data"
+        self.config_path = tmp_path / "connectors.toml"
+        monkeypatch.setenv("MLCONNECTOR_QBO_CLIENT_SECRET", qbo.client_secret)
+        monkeypatch.setenv("MLCONNECTOR_QBO_REFRESH_TOKEN", qbo.issue_refresh_token())
+        monkeypatch.setenv("MLCONNECTOR_SN_CLIENT_SECRET", sn.client_secret)
+        self.gl: dict[str, str] = {}
+        self.cost_centers: dict[str, str] = {}
+        self.fallbacks: dict[str, str] = {}
+        self.options: dict[str, str] = {}
+        self.sn_extra: dict = {}
+
+    def write_config(self) -> Path:
+        doc = {
+            "systems": {
+                "qbo": {"type": "quickbooks", "client_id": self.qbo.client_id,
+                        "base_url": self.qbo.base_url, "auth_url": self.qbo.auth_url,
+                        "realm_id": self.qbo.realm_id},
+                "sn": {"type": "servicenow", "base_url": self.sn.base_url,
+                       "client_id": self.sn.client_id, **self.sn_extra},
+            },
+            "pairs": {self.PAIR: {"source": "qbo", "target": "sn",
+                                  "lookups": {"gl_accounts": self.gl,
+                                              "cost_centers": self.cost_centers},
+                                  "fallbacks": self.fallbacks, "options": self.options}},
+        }
+        self.config_path.write_text(tomli_w.dumps(doc))
+        return self.config_path
+
+    def config(self):
+        from mlconnector.config import load_config
+
+        return load_config(self.write_config())
+
+    def sync(self, **kw):
+        from mlconnector.runner import run_pairs
+
+        (result,) = run_pairs(self.config(), [self.PAIR], clock=self.clock, **kw)
+        return result
+
+    def replay(self, ids=None):
+        from mlconnector.runner import replay
+
+        return replay(self.config(), ids, pair=None if ids else self.PAIR, clock=self.clock)
+
+    def state(self):
+        from mlconnector.state import State
+
+        return State(self.data_dir / "state.db")
+
+    def account(self, name: str, number: str, mapped: bool = True) -> str:
+        """A QuickBooks expense account and (mapped) its ServiceNow GL account by number."""
+        acct = self.qbo.add_account(name)
+        if mapped:
+            self.sn.add_gl_account(number, name)
+            self.gl[name] = number
+        return acct["Id"]
+
+
+@pytest.fixture
+def ledger(tmp_path, monkeypatch, clock):
+    from mlconnector.sandbox import QuickBooksSandbox, ServiceNowSandbox
+
+    with QuickBooksSandbox(clock=clock) as qbo, ServiceNowSandbox(clock=clock) as sn:
+        yield Ledger(qbo, sn, clock, tmp_path, monkeypatch)
