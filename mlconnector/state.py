@@ -98,6 +98,12 @@ class State:
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(SCHEMA)
 
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -335,22 +335,35 @@ class ServiceNow(Connector):
 
     # -- invoices and their lines ---------------------------------------------------------
     def _find_invoice(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """By our external number, else by supplier + the supplier's invoice number (one
+        query: `^NQ` is ServiceNow's OR between whole conditions)."""
         number = payload.get("u_external_invoice_number")
-        rows = self.list("invoice", f"{self.col('invoice', 'external_invoice_number')}="
-                         f"{quoted(number)}") if number else []
-        if rows:
-            return rows[0]
         supplier, theirs = payload.get("u_supplier"), payload.get("u_supplier_invoice_number")
-        if not (supplier and theirs):
-            return None
-        rows = self.list("invoice", f"{self.col('invoice', 'supplier')}={quoted(supplier)}^"
-                         f"{self.col('invoice', 'supplier_invoice_number')}={quoted(theirs)}")
+        ours = f"{self.col('invoice', 'external_invoice_number')}={quoted(number)}"
+        by_supplier = (f"{self.col('invoice', 'supplier')}={quoted(supplier)}^"
+                       f"{self.col('invoice', 'supplier_invoice_number')}={quoted(theirs)}"
+                       if supplier and theirs else "")
+        query = "^NQ".join(q for q in (ours if number else "", by_supplier) if q)
+        rows = self.list("invoice", query, limit=5) if query else []
+        ext = self.col("invoice", "external_invoice_number")
+        mine = [r for r in rows if number and r.get(ext) == number]
+        if mine:
+            return mine[0]
         if not rows:
             return None
+        if rows[0].get(ext):
+            raise HeldError(
+                f"ServiceNow already has invoice {theirs} of this supplier, from another "
+                f"source ({rows[0].get(ext)}): check it is not the same bill twice",
+                missing={"missing": [{"field": "u_supplier_invoice_number",
+                                      "reason": "duplicate supplier invoice number"}]})
         # entered by hand before the sync: claim it with our number, so that the staging
         # rows sent from now on coalesce onto it instead of creating a second invoice
-        if number and not rows[0].get(self.col("invoice", "external_invoice_number")):
-            self.patch("invoice", rows[0]["sys_id"], {"external_invoice_number": number})
+        if number:
+            claim = {"external_invoice_number": number}
+            if payload.get("u_external_invoice_source"):
+                claim["external_invoice_source"] = payload["u_external_invoice_source"]
+            self.patch("invoice", rows[0]["sys_id"], claim)
         return rows[0]
 
     def _write_invoice(self, sys_id: str | None, payload: dict[str, Any]) -> str:
@@ -358,11 +371,15 @@ class ServiceNow(Connector):
         lines = [self._line_refs(line) for line in payload.get("lines") or []]
         number = payload.get("u_external_invoice_number")
         if self.via.get("invoices", "import_set") == "import_set":
+            known = sys_id
             sys_id = self.stage("invoice_import", header, f"invoice {number}")
             for line in lines:
                 self.stage("invoice_line_import",
                            {**line, "u_external_invoice_number": number},
                            f"line {line.get('u_erp_line_number')} of invoice {number}")
+            if known:  # only an invoice written before can have lines gone since
+                self._drop_stale_lines(sys_id, lines)
+            return sys_id
         else:
             row = self._as_table("invoice", header)
             sys_id = sys_id or None
@@ -370,8 +387,6 @@ class ServiceNow(Connector):
                 self.insert("invoice", row)["sys_id"]
             self._table_lines(sys_id, lines)
             return sys_id
-        self._drop_stale_lines(sys_id, lines)
-        return sys_id
 
     def _as_table(self, logical: str, row: dict[str, Any]) -> dict[str, Any]:
         names = TABLE_COLUMNS[logical]

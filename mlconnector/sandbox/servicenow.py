@@ -719,6 +719,16 @@ class ServiceNowSandbox(Emulator):
 
     def _query(self, name: str, rows: list[tuple[str, dict[str, str]]], query: str
                ) -> list[tuple[str, dict[str, str]]]:
+        segments_eq = [self._plain_equalities(name, q) for q in query.split("^NQ")]
+        if all(seg is not None for seg in segments_eq):  # the common case, kept fast
+            hits: dict[int, tuple[str, dict[str, str]]] = {}
+            for seg in segments_eq:
+                out = rows
+                for f, v in seg or []:
+                    out = [tr for tr in out if tr[1].get(f) == v]
+                hits.update((id(tr[1]), tr) for tr in out)
+            return [tr for tr in rows if id(tr[1]) in hits] if len(segments_eq) > 1 \
+                else list(hits.values())
         segments: list[list[list[Any]]] = []
         order: list[tuple[str, bool]] = []
         for segment in query.split("^NQ"):
@@ -744,6 +754,20 @@ class ServiceNowSandbox(Emulator):
         for field, desc in reversed(order):
             out.sort(key=lambda tr, f=field: self._sort_key(name, tr[1], f), reverse=desc)
         return out
+
+    def _plain_equalities(self, name: str, query: str) -> list[tuple[str, str]] | None:
+        """`a=x^b=y` on the table's own columns, or None for anything richer."""
+        if "^OR" in query or "ORDERBY" in query:
+            return None
+        cols = self._columns(name)
+        pairs = []
+        for part in query.split("^"):
+            field, eq, value = part.partition("=")
+            if not eq or field not in cols or not re.fullmatch(r"\w+", field) or \
+                    value.startswith("="):
+                return None
+            pairs.append((field, value))
+        return pairs
 
     def _sort_key(self, name: str, row: dict[str, str], field: str) -> tuple[int, Any]:
         value = self._value(name, row, field)
