@@ -348,12 +348,20 @@ def auth_test(system: str = typer.Argument(...)) -> None:
 
     def body() -> int:
         from .consent import ping
+        from .runner import resolve_pair
 
         cfg = _load()
         sys_cfg, state, audit, directory = _auth_context(cfg, system)
+        writes = []
+        for name, pair in cfg.pairs.items():  # what the pairs write into this system
+            rp = resolve_pair(cfg, name)
+            for flow in rp.flows:
+                side = pair.target if flow.definition.write_side == "target" else pair.source
+                if side == system:
+                    writes.append((flow.definition.write_entity, flow.mapping))
         try:
-            sys.stdout.write(ping(sys_cfg, state_db=state, audit=audit, data_dir=directory)
-                             + "\n")
+            sys.stdout.write(ping(sys_cfg, state_db=state, audit=audit, data_dir=directory,
+                                  writes=writes) + "\n")
         finally:
             state.close()
             audit.close()

@@ -282,9 +282,10 @@ def logout(system: Any, state_db: State, audit: Audit) -> list[str]:
 
 
 def ping(system: Any, *, state_db: State, audit: Audit, data_dir: Path,
-         schema: dict[str, set[str]] | None = None) -> str:
+         writes: list[tuple[str, Any]] | None = None) -> str:
     """One cheap authenticated call; for ServiceNow also the tables and columns the pairs
-    write (`schema`: logical table -> columns), since it ignores unknown ones silently."""
+    write (`writes`: their flows' write entity and mapping), since it ignores unknown
+    ones without a word."""
     from .connectors import open_system
 
     conn: Any = open_system(system, state=state_db, audit=audit, data_dir=data_dir)
@@ -302,7 +303,7 @@ def ping(system: Any, *, state_db: State, audit: Audit, data_dir: Path,
         return (f"connected to QuickBooks company {conn.company_name()} "
                 f"(realm {conn.realm_id})")
     if system.type == "servicenow":
-        return _ping_servicenow(system, conn, schema or {})
+        return _ping_servicenow(system, conn, conn.schema_for(writes or []))
     if system.type == "servicetitan":
         body = conn.http.get(f"/settings/v2/tenant/{system.tenant_id}/business-units",
                              params={"pageSize": 1}).body or {}
@@ -323,8 +324,6 @@ def _ping_servicenow(system: Any, conn: Any, schema: dict[str, set[str]]) -> str
 
     conn.list("company", "", limit=1, fields=["sys_id"])  # authenticates, or exit 3
     who = system.username if system.auth == "basic" else f"OAuth client {system.client_id}"
-    if not conn.has_apo():
-        schema = {k: v for k, v in schema.items() if k != "supplier"}
     problems = conn.check_schema(schema) if schema else []
     head = (f"connected to ServiceNow {system.resolved_base_url()} as {who}; "
             f"Accounts Payable Operations: {'yes' if conn.has_apo() else 'no (suppliers are '}"

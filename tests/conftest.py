@@ -125,13 +125,14 @@ class Ledger:
         self.fallbacks: dict[str, str] = {}
         self.options: dict[str, str] = {}
         self.sn_extra: dict = {}
+        self.realm_in_config = True
 
     def write_config(self) -> Path:
         doc = {
             "systems": {
                 "qbo": {"type": "quickbooks", "client_id": self.qbo.client_id,
                         "base_url": self.qbo.base_url, "auth_url": self.qbo.auth_url,
-                        "realm_id": self.qbo.realm_id},
+                        **({"realm_id": self.qbo.realm_id} if self.realm_in_config else {})},
                 "sn": {"type": "servicenow", "base_url": self.sn.base_url,
                        "client_id": self.sn.client_id, **self.sn_extra},
             },

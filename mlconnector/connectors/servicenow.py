@@ -437,6 +437,49 @@ class ServiceNow(Connector):
         return ext
 
     # -- auth test ------------------------------------------------------------------------
+    def schema_for(self, flows: Iterable[tuple[str, Any]]) -> dict[str, set[str]]:
+        """The tables and columns that flows (write entity, FieldMap) write or query."""
+        want: dict[str, set[str]] = {}
+
+        def add(logical: str, *columns: str) -> None:
+            want.setdefault(logical, set()).update(c for c in columns if not c.startswith("_"))
+
+        for entity, mapping in flows:
+            fields = mapping.fields
+            top = [k for k, rule in fields.items() if "each" not in rule]
+            lines = [k for rule in fields.values() if "each" in rule for k in rule["fields"]]
+            if entity == "suppliers":
+                add("company", "name", "vendor",
+                    *(k.split(".", 1)[1] for k in top if k.startswith("company.")))
+                if self.has_apo():
+                    add("supplier", "name", "related_company",
+                        *(k.split(".", 1)[1] for k in top if k.startswith("supplier.")))
+            elif entity == "invoices":
+                add("invoice", "external_invoice_number", "external_invoice_source", "supplier",
+                    "supplier_invoice_number", "state")
+                add("invoice_line", "invoice", "erp_line_number")
+                if self.via.get("invoices", "import_set") == "import_set":
+                    add("invoice_import", *top)
+                    add("invoice_line_import", "u_external_invoice_number", *lines)
+                else:
+                    add("invoice", *(TABLE_COLUMNS["invoice"].get(k, k) for k in top))
+                    add("invoice_line", *(TABLE_COLUMNS["invoice_line"].get(k, k)
+                                          for k in lines))
+                if any(k in REFERENCES for k in lines):
+                    add("gl_account", "number", "name")
+                    add("cost_center", "code", "name")
+            elif entity == "payments":
+                add("payment_detail", "invoice", "payment_reference_id", "payment_amount")
+                if self.via.get("payments", "import_set") == "import_set":
+                    add("payment_detail_import", *top)
+                else:
+                    add("payment_detail", *(TABLE_COLUMNS["payment_detail"].get(k, k)
+                                            for k in top))
+            elif entity == "journal_entries":
+                add("journal_import", "u_external_id", *top, *lines)
+                add("journal_entry", "u_external_id", "u_amount")
+        return want
+
     def check_schema(self, wanted: dict[str, set[str]]) -> list[str]:
         """Problems with the configured tables and columns (logical table -> columns the
         pairs write); ServiceNow itself would ignore a wrong column without a word."""
