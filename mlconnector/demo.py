@@ -1,8 +1,9 @@
 """`mlconnector demo`: the whole job on the offline sandbox, narrated.
 
-Starts the FreshBooks and BILL emulators on 127.0.0.1, seeds a small business, syncs
-twice (the second run writes nothing), shows the held bills, adds the missing GL lookup,
-replays them, and prints where the audit trail is. No account, keyring or network.
+Starts the FreshBooks, BILL, QuickBooks and ServiceNow emulators on 127.0.0.1, seeds a
+small business in each source, syncs both pairs twice (the second run writes nothing),
+shows the held bills, adds the missing GL lookups, replays them, and prints where the
+audit trail is. No account, keyring or network.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 
@@ -35,15 +37,38 @@ def demo_config(fb_url: str, bill_url: str, data_dir: Path, gl_lookup: dict[str,
     }
 
 
+def add_ledger(doc: dict, qbo: Any, sn: Any, seed: Any) -> None:
+    """The QuickBooks -> ServiceNow pair in the same config."""
+    doc["systems"]["qbo"] = {"type": "quickbooks", "client_id": qbo.client_id,
+                             "environment": "sandbox", "base_url": qbo.base_url,
+                             "auth_url": qbo.auth_url, "realm_id": qbo.realm_id}
+    doc["systems"]["sn"] = {"type": "servicenow", "base_url": sn.base_url,
+                            "client_id": sn.client_id}
+    doc["pairs"]["quickbooks-servicenow"] = {
+        "source": "qbo", "target": "sn",
+        "lookups": {"gl_accounts": dict(seed.gl_lookup),
+                    "cost_centers": dict(seed.cost_centers)}}
+
+
+PAIRS = ["freshbooks-bill", "quickbooks-servicenow"]
+
+
 def run_demo(*, keep: str | None = None, latency: float = 0.0) -> int:
     import keyring
 
     from . import render
     from .config import load_config
     from .runner import replay, run_pairs, worst_exit
-    from .sandbox import BillSandbox, FreshBooksSandbox, Knobs
+    from .sandbox import (
+        BillSandbox,
+        FreshBooksSandbox,
+        Knobs,
+        QuickBooksSandbox,
+        ServiceNowSandbox,
+    )
     from .sandbox.keyring_backend import SandboxKeyring
     from .sandbox.seed import seed_demo
+    from .sandbox.seed_ledger import seed_ledger
     from .state import State
 
     work = Path(keep).resolve() if keep else Path(tempfile.mkdtemp(prefix="mlconnector-demo-"))
@@ -51,54 +76,68 @@ def run_demo(*, keep: str | None = None, latency: float = 0.0) -> int:
     # Sandbox credentials live in a plain in-memory keyring for this process only.
     keyring.set_keyring(SandboxKeyring())
     knobs = Knobs(latency=latency)
-    with FreshBooksSandbox(knobs) as fb, BillSandbox(knobs) as bill:
+    with FreshBooksSandbox(knobs) as fb, BillSandbox(knobs) as bill, \
+            QuickBooksSandbox(knobs) as qbo, ServiceNowSandbox(knobs) as sn:
         seed = seed_demo(fb, bill)
-        _say(f"Sandbox up: FreshBooks at {fb.base_url}, BILL at {bill.base_url}")
-        print(f"   seeded {seed.vendors} bill vendors and {seed.bills} bills in FreshBooks; "
-              f"BILL already knows a few of them (to be matched, not duplicated)")
+        ledger = seed_ledger(qbo, sn)
+        _say("Sandbox up on 127.0.0.1: FreshBooks, BILL, QuickBooks Online, ServiceNow")
+        print(f"   FreshBooks: {seed.vendors} bill vendors and {seed.bills} bills; BILL already "
+              "knows a few of them (to be matched, not duplicated)")
+        print(f"   QuickBooks: {ledger.vendors} vendors, {ledger.bills} bills, a payment of two "
+              "bills, an A/P journal entry; ServiceNow already has one of the suppliers")
         os.environ.update({
             "MLCONNECTOR_BOOKS_CLIENT_SECRET": fb.client_secret,
             "MLCONNECTOR_BOOKS_REFRESH_TOKEN": fb.issue_refresh_token(),
             "MLCONNECTOR_AP_DEV_KEY": bill.dev_key,
             "MLCONNECTOR_AP_PASSWORD": bill.password,
+            "MLCONNECTOR_QBO_CLIENT_SECRET": qbo.client_secret,
+            "MLCONNECTOR_QBO_REFRESH_TOKEN": qbo.issue_refresh_token(),
+            "MLCONNECTOR_SN_CLIENT_SECRET": sn.client_secret,
         })
         path = work / "connectors.toml"
         doc = demo_config(fb.base_url, bill.base_url, work / "data", dict(seed.gl_lookup),
                           bill.organization_id, bill.username, fb.client_id)
+        add_ledger(doc, qbo, sn, ledger)
         path.write_text(tomli_w.dumps(doc))
         print(f"   config: {path}")
 
-        _say("First sync: vendors, then bills, then BILL payments back to FreshBooks")
-        first = run_pairs(load_config(path), ["freshbooks-bill"])
+        _say("First sync of both pairs: mlconnector sync --all")
+        first = run_pairs(load_config(path), PAIRS)
         render.show_results(first)
 
         _say("Second sync: nothing changed, so nothing is written")
-        second = run_pairs(load_config(path), ["freshbooks-bill"])
+        second = run_pairs(load_config(path), PAIRS)
         render.show_results(second)
 
         state = State(work / "data" / "state.db")
-        held = state.parked("freshbooks-bill")
+        held = state.parked()
         state.close()
         _say(f"{len(held)} record(s) wait for a person (mlconnector failures):")
         render.show_failures(held)
 
-        _say("Adding the missing GL lookup to the config, then: mlconnector replay "
-             "--pair freshbooks-bill --all")
+        _say("Adding the missing GL lookups to the config, then: mlconnector replay "
+             "--pair PAIR --all")
         doc["pairs"]["freshbooks-bill"]["lookups"]["gl_accounts"].update(seed.unmapped)
+        doc["pairs"]["quickbooks-servicenow"]["lookups"]["gl_accounts"].update(
+            ledger.unmapped)
         path.write_text(tomli_w.dumps(doc))
-        for name, account in seed.unmapped.items():
+        for name, account in {**seed.unmapped, **ledger.unmapped}.items():
             print(f"   gl_accounts[{name!r}] = {account!r}")
-        replayed = replay(load_config(path), pair="freshbooks-bill")
+        replayed = [r for pair in PAIRS for r in replay(load_config(path), pair=pair)]
         render.show_results(replayed)
 
-        _say("Third sync: the replayed bills' payments, if any, and nothing else")
-        third = run_pairs(load_config(path), ["freshbooks-bill"])
+        _say("Third sync: what the replayed records unblocked, and nothing else")
+        third = run_pairs(load_config(path), PAIRS)
         render.show_results(third)
 
         audit_path = getattr(third[-1], "audit_path", None)
         _say("Done")
         print(f"   BILL now has {len(bill.vendors)} vendors and {len(bill.bills)} bills; "
               f"FreshBooks has {len(fb.bill_payments)} bill payments written back")
+        print(f"   ServiceNow now has {len(sn.rows('sn_fin_supplier'))} suppliers, "
+              f"{len(sn.rows('sn_shop_invoice'))} AP invoices "
+              f"({len(sn.rows('sn_shop_invoice_line'))} lines), "
+              f"{len(sn.rows('sn_shop_invoice_payment_detail'))} payment details")
         print(f"   audit trail: {audit_path}  (try: jq . {audit_path} | less)")
         print(f"   state, config and audit are in {work}"
               + ("" if keep else " (a temporary directory)"))

@@ -146,7 +146,8 @@ class FieldMap:
         payload: dict[str, Any] = {}
         self._apply(self.fields, record, ctx, payload, "", decisions, missing)
         if missing:
-            raise HeldError("; ".join(m["reason"] for m in missing), missing={"missing": missing})
+            reasons = list(dict.fromkeys(m["reason"] for m in missing))  # once each
+            raise HeldError("; ".join(reasons), missing={"missing": missing})
         return Result(payload, decisions)
 
     def _apply(self, fields, record, ctx, out, prefix, decisions, missing) -> None:
