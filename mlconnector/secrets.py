@@ -32,6 +32,7 @@ KEYRING_FIXES = (
     "the secret in the environment as {var}"
 )
 CHAIN_FIELD = "refresh_token.bootstrap_sha256"
+FILE_KEYRING_PASSWORD = "KEYRING_CRYPTFILE_PASSWORD"
 Source = Literal["environment", "keyring"]
 
 
@@ -50,6 +51,32 @@ def _interactive() -> bool:
         return bool(sys.stdin) and sys.stdin.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def unlock_file_keyring(backend: Any, env: Mapping[str, str]) -> None:
+    """keyrings.cryptfile asks for its password at a prompt, which nobody answers under
+    cron: give it the one in the environment instead (KEYRING_CRYPTFILE_PASSWORD)."""
+    from keyring.backends import chainer
+
+    if isinstance(backend, chainer.ChainerBackend):
+        for inner in backend.backends:
+            unlock_file_keyring(inner, env)
+        return
+    password = env.get(FILE_KEYRING_PASSWORD)
+    if password and isinstance(getattr(type(backend), "keyring_key", None), property) \
+            and getattr(backend, "_keyring_key", "") is None:
+        backend.keyring_key = password  # raises ValueError("Incorrect Password")
+
+
+def locked_file_keyring(backend: Any, env: Mapping[str, str]) -> bool:
+    """A file keyring that would ask for its password (none in the environment)."""
+    from keyring.backends import chainer
+
+    if isinstance(backend, chainer.ChainerBackend):
+        return any(locked_file_keyring(b, env) for b in backend.backends)
+    return (isinstance(getattr(type(backend), "keyring_key", None), property)
+            and getattr(backend, "_keyring_key", "") is None
+            and not env.get(FILE_KEYRING_PASSWORD))
 
 
 def usable_backend(backend: Any) -> bool:
@@ -87,14 +114,18 @@ class SecretStore:
             return AuthError(f"the keyring could not {what} {self.system}.{field} ({reason})",
                              system=self.system, fix=self._fix(field))
 
+        def call() -> T:
+            unlock_file_keyring(self._backend(), self.env)
+            return fn(*args)
+
         try:
             if self.keyring_timeout is None or _interactive():
-                return fn(*args)
+                return call()
             box: dict[str, Any] = {}
 
             def run() -> None:
                 try:
-                    box["value"] = fn(*args)
+                    box["value"] = call()
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller below
                     box["error"] = exc
 
@@ -111,6 +142,11 @@ class SecretStore:
             raise
         except keyring.errors.NoKeyringError:
             raise
+        except ValueError as exc:
+            if "Incorrect Password" in str(exc):
+                raise failed(f"{FILE_KEYRING_PASSWORD} does not open the encrypted keyring "
+                             "file") from None
+            raise failed(type(exc).__name__) from None
         except Exception as exc:  # a locked keyring, no D-Bus under cron, EOF at a prompt
             raise failed(type(exc).__name__) from None
 
@@ -130,9 +166,18 @@ class SecretStore:
             return None  # environment-only operation is a supported set-up
 
     def writable(self) -> bool:
-        """A keyring backend that can store is present."""
+        """A keyring backend that can store is present, and answers without a prompt (a
+        file keyring without its password would only fail after the refresh token was
+        spent: so it is asked first)."""
+        import keyring
+
         try:
-            return usable_backend(self._backend())
+            backend = self._backend()
+            if not usable_backend(backend) or (
+                    locked_file_keyring(backend, self.env) and not _interactive()):
+                return False
+            self._call("read", CHAIN_FIELD, keyring.get_password, self.service, CHAIN_FIELD)
+            return True
         except Exception:
             return False
 
