@@ -86,3 +86,27 @@ def test_no_secret_value_reaches_the_data_dir_or_the_audit(business):
             data = path.read_bytes()
             for value in secrets:
                 assert value.encode() not in data, (path, "leaks a secret")
+
+
+def test_killed_between_receiving_and_saving_a_token_next_run_asks_for_consent(
+        business, monkeypatch):
+    """The provider rotated the refresh token, but the process died before the new one
+    was saved: the old one is dead, so the next run must say plainly what to do."""
+    seed(business)
+
+    def killed(self, token):
+        raise KeyboardInterrupt("SIGKILL")
+
+    saving = SecretStore.save_refresh_token
+    monkeypatch.setattr(SecretStore, "save_refresh_token", killed)
+    try:
+        business.sync()
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(SecretStore, "save_refresh_token", saving)
+
+    result = business.sync()  # same config, same (now spent) environment token
+    assert result.exit_code == 3
+    assert "refused (already used or revoked)" in result.aborted
+    assert "mlconnector auth login books" in result.aborted
+    assert business.bill.bills == {}

@@ -201,3 +201,24 @@ def test_salesforce_auth_test_and_reauth_on_invalid_session(field_and_crm):
     again = runner.invoke(app, ["--config", str(path), "auth", "test", "crm"])
     assert again.exit_code == 0, again.output
     assert sf.token_calls == 2
+
+
+def test_no_quickbooks_or_servicenow_secret_reaches_the_data_dir(ledger):
+    ledger.qbo.refresh_rotate_after = 0
+    office = ledger.account("Office Supplies", "600100")
+    vendor = ledger.qbo.add_vendor("Leak Check Ltd")
+    ledger.qbo.add_bill(vendor["Id"], [{"amount": "1.00", "account_id": office}])
+    assert ledger.sync().exit_code == 0
+    ledger.qbo.expire_access_tokens()
+    ledger.clock.advance(3600)
+    assert ledger.sync().exit_code == 0
+    values = [ledger.qbo.client_secret, ledger.sn.client_secret,
+              SecretStore("qbo").get_refresh_token(), SecretStore("qbo").env[
+                  "MLCONNECTOR_QBO_REFRESH_TOKEN"], *ledger.qbo._access, *ledger.qbo._refresh,
+              *ledger.sn._access]
+    assert len(values) > 5
+    for path in ledger.data_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for value in values:
+                assert value.encode() not in data, (path, "leaks a secret")
