@@ -310,8 +310,8 @@ def auth_status(system: str = typer.Argument(None), as_json: bool = typer.Option
             sys.stdout.write(f"{row['system']} ({row['type']})\n")
             for field, where in row["secrets"].items():
                 sys.stdout.write(f"  {field}: {where}\n")
-            for key in ("account_id", "access_token_expires", "last_refresh",
-                        "session_last_used"):
+            for key in ("account_id", "realm_id", "access_token_expires", "last_refresh",
+                        "refresh_token_expires", "consent_expires", "session_last_used"):
                 if row.get(key):
                     sys.stdout.write(f"  {key.replace('_', ' ')}: {row[key]}\n")
             if not row["keyring_usable"]:

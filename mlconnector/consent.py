@@ -66,31 +66,42 @@ def redirect_params(pasted: str, expected_state: str) -> dict[str, str]:
     return {k: v[0] for k, v in query.items()}
 
 
-def catch_redirect(redirect_uri: str, timeout: float = 300) -> str:
-    """Serve one request on a loopback http redirect URI; return the full URL hit."""
-    parts = urlsplit(redirect_uri)
-    hit: dict[str, str] = {}
+class RedirectCatcher:
+    """One request on a loopback http redirect URI: bound before the browser is opened
+    (a fast browser must not find nothing listening), answered, then closed."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            hit["url"] = f"{redirect_uri.split('?')[0]}?{urlsplit(self.path).query}"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.end_headers()
-            self.wfile.write(b"mlconnector: consent received; you can close this tab.\n")
+    def __init__(self, redirect_uri: str):
+        parts = urlsplit(redirect_uri)
+        hit: dict[str, str] = {}
+        self.hit = hit
 
-        def log_message(self, *args: Any) -> None:
-            pass
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                hit["url"] = f"{redirect_uri.split('?')[0]}?{urlsplit(self.path).query}"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.end_headers()
+                self.wfile.write(b"mlconnector: consent received; you can close this tab.\n")
 
-    server = http.server.HTTPServer((parts.hostname or "127.0.0.1", parts.port or 80), Handler)
-    server.timeout = timeout
-    try:
-        server.handle_request()
-    finally:
-        server.server_close()
-    if "url" not in hit:
-        raise AuthError("no redirect arrived in time", fix="mlconnector auth login --no-browser")
-    return hit["url"]
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.HTTPServer((parts.hostname or "127.0.0.1", parts.port or 80),
+                                             Handler)
+
+    def wait(self, timeout: float = 300) -> str:
+        self.server.timeout = timeout
+        try:
+            self.server.handle_request()
+        finally:
+            self.close()
+        if "url" not in self.hit:
+            raise AuthError("no redirect arrived in time",
+                            fix="mlconnector auth login --no-browser")
+        return self.hit["url"]
+
+    def close(self) -> None:
+        self.server.server_close()
 
 
 def login(system: Any, *, state_db: State, audit: Audit, data_dir: Path,
@@ -116,10 +127,13 @@ def login(system: Any, *, state_db: State, audit: Audit, data_dir: Path,
     parts = urlsplit(system.redirect_uri)
     local = parts.scheme == "http" and is_loopback(parts.hostname)
     opener = open_browser or webbrowser.open
-    if not no_browser and local and opener(url):
+    catcher = RedirectCatcher(system.redirect_uri) if not no_browser and local else None
+    if catcher is not None and opener(url):
         say("Waiting for the browser to come back to " + system.redirect_uri)
-        landed = catch_redirect(system.redirect_uri)
+        landed = catcher.wait()
     else:
+        if catcher is not None:
+            catcher.close()
         say("Open this address in a browser, approve access, then paste here the whole "
             "address the browser was sent to (it may show an error page; that is fine):")
         say(url)

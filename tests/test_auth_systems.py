@@ -62,6 +62,37 @@ def test_quickbooks_login_learns_the_realm_from_the_redirect(ledger, monkeypatch
     assert test.exit_code == 0 and ledger.qbo.company_name in test.output
 
 
+def test_quickbooks_login_through_the_browser_and_a_loopback_redirect(ledger, monkeypatch):
+    import socket
+
+    monkeypatch.delenv("MLCONNECTOR_QBO_REFRESH_TOKEN")
+    with socket.socket() as probe:  # a free port for the redirect URI
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ledger.realm_in_config = False
+    cfg = ledger.config()
+    system = cfg.systems["qbo"].model_copy(
+        update={"redirect_uri": f"http://127.0.0.1:{port}/callback"})
+    browser: list[threading.Thread] = []
+
+    def open_browser(url: str) -> bool:
+        # a browser: the consent page redirects, and it follows to the local catcher
+        def go() -> None:
+            requests.get(url, allow_redirects=True, timeout=10)
+
+        browser.append(threading.Thread(target=go))
+        browser[0].start()
+        return True
+
+    with ledger.state() as state:
+        done = login(system, state_db=state, audit=Audit(ledger.data_dir / "audit"),
+                     data_dir=ledger.data_dir, open_browser=open_browser, out=lambda s: None,
+                     clock=ledger.clock)
+    browser[0].join()
+    assert done["realm_id"] == ledger.qbo.realm_id
+    assert SecretStore("qbo").get_refresh_token()
+
+
 def test_quickbooks_login_refuses_a_forged_state(ledger):
     with pytest.raises(AuthError, match="state does not match"):
         qbo_consent(ledger, tamper=lambda u: u.replace("state=", "state=forged"))

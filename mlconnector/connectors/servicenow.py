@@ -162,7 +162,9 @@ class ServiceNow(Connector):
         return (body or {}).get("result") or {}
 
     def remove(self, logical: str, sys_id: str) -> None:
-        self.http.delete(f"/api/now/table/{self.table(logical)}/{sys_id}", idempotent=True)
+        # the Table API wants a Content-Type on a DELETE too (400 without one)
+        self.http.delete(f"/api/now/table/{self.table(logical)}/{sys_id}", idempotent=True,
+                         headers={"Content-Type": "application/json"})
 
     # -- Import Set API -------------------------------------------------------------------
     def stage(self, logical: str, row: dict[str, Any], what: str) -> str:
@@ -177,6 +179,8 @@ class ServiceNow(Connector):
         status = first.get("status")
         if status in ("inserted", "updated", "ignored") and first.get("sys_id"):
             return str(first["sys_id"])
+        if status == "ignored":
+            return ""  # nothing changed; the caller looks the record up
         why = first.get("error_message") or first.get("status_message") or status or "no result"
         raise RejectedError(f"the {self.table(logical)} transform did not take the {what}: "
                             f"{why} (import set {body.get('import_set', '?')})",
@@ -372,7 +376,11 @@ class ServiceNow(Connector):
         number = payload.get("u_external_invoice_number")
         if self.via.get("invoices", "import_set") == "import_set":
             known = sys_id
-            sys_id = self.stage("invoice_import", header, f"invoice {number}")
+            sys_id = self.stage("invoice_import", header, f"invoice {number}") or known or (
+                self._find_invoice(payload) or {}).get("sys_id", "")
+            if not sys_id:
+                raise RejectedError(f"ServiceNow ignored invoice {number} and has no invoice "
+                                    "with that number", system="servicenow")
             for line in lines:
                 self.stage("invoice_line_import",
                            {**line, "u_external_invoice_number": number},
@@ -421,7 +429,8 @@ class ServiceNow(Connector):
     def _write_payment(self, sys_id: str | None, payload: dict[str, Any]) -> str:
         ref = payload.get("u_payment_reference_id")
         if self.via.get("payments", "import_set") == "import_set":
-            return self.stage("payment_detail_import", payload, f"payment {ref}")
+            done = self.stage("payment_detail_import", payload, f"payment {ref}")
+            return done or sys_id or (self.find("payments", payload) or {}).get("sys_id", "")
         row = {**self._as_table("payment_detail", payload), "invoice": payload["_invoice"]}
         if sys_id:
             return self.patch("payment_detail", sys_id, row)["sys_id"]
