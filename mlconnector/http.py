@@ -398,9 +398,11 @@ class HttpClient:
                 auth.reauthenticate(self)
                 continue
             if not isinstance(err, RetryableError):
+                # a connector's table cannot know which [systems.NAME] it serves
                 if isinstance(err, AuthError) and err.fix:
-                    # a connector's table cannot know which [systems.NAME] it serves
                     err.fix = err.fix.replace("<system>", self.system)
+                if isinstance(err, ConfigError) and "<system>" in err.problem:
+                    raise ConfigError(err.problem.replace("<system>", self.system))
                 raise err
             if not safe and not isinstance(err, Throttled):
                 # it may have been processed: the engine looks the record up by its

@@ -309,7 +309,9 @@ def test_an_instance_with_the_product_pages_table_names_works_by_renaming(
             clock=clock, renames={"sn_shop_invoice": "sn_apo_invoice"}) as sn:
         ledger = Ledger(qbo, sn, clock, tmp_path, monkeypatch)
         _, bills = seed(ledger, bills=1)
-        assert ledger.sync().exit_code == 2  # sn_shop_invoice does not exist there
+        refused = ledger.sync()  # sn_shop_invoice does not exist there
+        assert refused.exit_code == 2
+        assert "[systems.sn.tables]" in refused.aborted
 
         ledger.sn_extra = {"tables": {"invoice": "sn_apo_invoice"}}
         result = ledger.sync()

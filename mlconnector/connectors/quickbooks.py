@@ -331,9 +331,19 @@ class QuickBooks(Connector):
 
     def _touches_ap(self, row: dict[str, Any]) -> bool:
         if self._ap_accounts is None:
-            rows, _ = self.query("SELECT * FROM Account WHERE AccountType = 'Accounts Payable'"
-                                 f" AND Active IN (true,false) MAXRESULTS {CAP}")
-            self._ap_accounts = {str(r.get("Id")) for r in rows}
+            # every account, filtered here: not every property is queryable
+            found: set[str] = set()
+            position = 1
+            while True:
+                rows, _ = self.query("SELECT * FROM Account WHERE Active IN (true,false) "
+                                     f"STARTPOSITION {position} MAXRESULTS {CAP}")
+                found.update(str(r.get("Id")) for r in rows
+                             if r.get("AccountType") == "Accounts Payable"
+                             or r.get("AccountSubType") == "AccountsPayable")
+                if len(rows) < CAP:
+                    break
+                position += CAP
+            self._ap_accounts = found
         for line in row.get("Line") or []:
             ref = (line.get("JournalEntryLineDetail") or {}).get("AccountRef") or {}
             if str(ref.get("value")) in self._ap_accounts:

@@ -90,7 +90,8 @@ def classify(resp: Response) -> ApiError | AuthError | ConfigError | None:
     table = re.search(r"Invalid table (\S+)", message or "")
     if resp.status == 400 and table:
         return ConfigError(f"ServiceNow has no table {table.group(1)}: rename it under "
-                           "[systems.<system>.tables] (see `mlconnector auth test <system>`)")
+                           "[systems.<system>.tables], or leave the flow that writes it out "
+                           "of the pair's `flows` (see `mlconnector auth test <system>`)")
     if resp.status >= 500:
         return None
     return RejectedError(message or f"HTTP {resp.status}", **kw)
