@@ -301,6 +301,7 @@ class ServiceNowSystem(_System):
         "purchase_order": "sn_shop_purchase_order",
         "gl_account": "sn_fin_gl_account",
         "cost_center": "cmn_cost_center",
+        "payment_term": "sn_shop_payment_term",
         "supplier_import": "sn_fcms_intg_imp_supplier",
         "invoice_import": "sn_spend_intg_imp_invoice",
         "invoice_line_import": "sn_spend_intg_imp_invoice_line",

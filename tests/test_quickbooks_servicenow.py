@@ -26,6 +26,7 @@ def seed(ledger, bills: int = 3):
     ledger.cost_centers["Operations"] = "CC-OPS"
     acme = ledger.qbo.add_vendor("Acme Paper Supply", CompanyName="Acme Paper Supply LLC",
                                  TaxIdentifier="123-45-6789",
+                                 TermRef={"value": "3", "name": "Net 30"},
                                  PrimaryEmailAddr={"Address": "ap@acme.example"})
     made = [ledger.qbo.add_bill(acme["Id"], [
         {"amount": f"{100 + i}.50", "account_id": office, "description": f"paper {i}",

@@ -316,9 +316,22 @@ class ServiceNow(Connector):
                          f"{self.col('company', 'name')}={quoted(name)}")
         return rows[0] if rows else None
 
+    def _payment_term(self, name: str) -> str | None:
+        """A payment term given by name, as the sys_id its reference field wants; None
+        when the instance has no such term (the supplier is written without one)."""
+        try:
+            return self.resolve("payment_term", name, ("name",), "payment term")
+        except (HeldError, ConfigError, NotFound):
+            return None
+
     def _write_supplier(self, sys_id: str | None, payload: dict[str, Any]) -> dict[str, Any]:
         company_row = {**payload["company"], "vendor": True}
         supplier_row = dict(payload.get("supplier") or {})
+        term = supplier_row.pop("payment_term", None)
+        if term:
+            resolved = self._payment_term(text(term))
+            if resolved:
+                supplier_row["payment_term"] = resolved
         apo = self.has_apo()
         if sys_id is None:
             # a company left by a run that died before its supplier: reuse it
