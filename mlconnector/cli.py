@@ -17,6 +17,8 @@ config_app = typer.Typer(no_args_is_help=True, help="Check the configuration.")
 app.add_typer(config_app, name="config")
 auth_app = typer.Typer(no_args_is_help=True, help="Credentials and consent.")
 app.add_typer(auth_app, name="auth")
+webhook_app = typer.Typer(no_args_is_help=True, help="Receive webhooks into the inbox.")
+app.add_typer(webhook_app, name="webhook")
 
 _state: dict[str, Any] = {"config": None}
 
@@ -362,6 +364,55 @@ def auth_test(system: str = typer.Argument(...)) -> None:
         try:
             sys.stdout.write(ping(sys_cfg, state_db=state, audit=audit, data_dir=directory,
                                   writes=writes) + "\n")
+        finally:
+            state.close()
+            audit.close()
+        return 0
+
+    _exit(body)
+
+
+@webhook_app.command("serve")
+def webhook_serve(host: str = typer.Option("127.0.0.1", "--host", help="Listen address "
+                                           "(put a TLS proxy in front: senders want https)."),
+                  port: int = typer.Option(8770, "--port")) -> None:
+    """Verify webhooks and store them in the inbox; the next sync reads them."""
+
+    def body() -> int:
+        from .runner import open_state
+        from .serve import build_receiver
+
+        cfg = _load()
+        state, directory = open_state(cfg)
+        receiver = build_receiver(cfg, state, directory, host=host, port=port)
+        sys.stderr.write(f"mlconnector: receiving webhooks on {receiver.url}/webhooks/"
+                         "<type>/<system> (Ctrl-C stops)\n")
+        try:
+            receiver.serve_forever(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            receiver.server_close()
+            state.close()
+        return 0
+
+    _exit(body)
+
+
+@webhook_app.command("register")
+def webhook_register(system: str = typer.Argument(...),
+                     url: str = typer.Option(..., "--url", help="The public https address "
+                                             "that reaches `webhook serve`.")) -> None:
+    """Register the callback address with the system, or say where a person does it."""
+
+    def body() -> int:
+        from .serve import register
+
+        cfg = _load()
+        sys_cfg, state, audit, directory = _auth_context(cfg, system)
+        try:
+            for line in register(cfg, sys_cfg.name, url, state=state, data_dir=directory):
+                sys.stdout.write(line + "\n")
         finally:
             state.close()
             audit.close()

@@ -62,7 +62,7 @@ SECRET_FIELDS: dict[str, tuple[str, ...]] = {
     "quickbooks": ("client_secret", "refresh_token", "webhook_verifier"),
     "servicetitan": ("client_secret", "app_key"),
     "servicenow": ("client_secret", "password"),
-    "bill": ("dev_key", "password"),
+    "bill": ("dev_key", "password", "webhook_security_key"),
     "salesforce": ("client_secret",),
 }
 # Also refused anywhere under [systems.X], whatever the type: cached credentials.

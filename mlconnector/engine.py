@@ -162,6 +162,7 @@ class PairRun:
             try:
                 self._retry_parked(flow, stats)
                 self._read_flow(flow, stats, full, since)
+                self._read_inbox(flow, stats)
             finally:
                 stats.seconds = round(time.monotonic() - started, 2)
                 stats.api_calls = self._calls() - calls0
@@ -201,6 +202,30 @@ class PairRun:
             pool.shutdown(wait=True, cancel_futures=True)
         if reader.needs_reconcile(fdef.read_entity):
             self._reconcile(flow, stats)
+
+    def _read_inbox(self, flow: Flow, stats: FlowStats) -> None:
+        """Webhook events waiting for this flow's entity: the records they name, read
+        again from the source, go through the same steps; then the events are done."""
+        fdef = flow.definition
+        reader = self.sides[fdef.read_side]
+        if self.dry_run or not reader.system_name:
+            return
+        from .webhooks import Inbox
+
+        with Inbox(self.state.path) as inbox:
+            items = [i for i in inbox.pending(system=reader.system_name)
+                     if reader.webhook_entity(i.event) == fdef.read_entity]
+            if not items:
+                return
+            try:
+                records = reader.from_webhooks(fdef.read_entity, [i.payload for i in items])
+            except TransientError as exc:
+                raise UnavailableError(f"could not read {fdef.label}s named by webhooks: "
+                                       f"{exc}", system=exc.system) from exc
+            stats.read += len(records)
+            self._write_all([j for j in (self._prepare(flow, r, stats) for r in records)
+                             if j], stats)
+            inbox.mark_processed(items, self.clock.now())
 
     def _start(self, flow: Flow, full: bool, since: str | None) -> str | None:
         return None if full else (since or self.state.watermark(self.name, flow.name))

@@ -17,6 +17,7 @@ dict (None, or a KeyError, means "no such system"):
 |--------------------------------------|---------------------------------------------------------|
 | `POST /webhooks/freshbooks/{system}` | `verifiers` {callback id: verifier} and/or `verifier`   |
 | `POST /webhooks/bill/{system}`       | `security_keys` {subscription id: key} or `security_key` |
+| `POST /webhooks/quickbooks/{system}` | `verifier` (the app's verifier token), `realm_id`        |
 
 An optional `type` ("freshbooks" / "bill") makes a route of the other kind "unknown
 system". A FreshBooks delivery does not say which callback it belongs to, so every known
@@ -55,6 +56,7 @@ DEFAULT_PORT = 8770
 MAX_BODY = 1 << 20  # 1 MiB
 FRESHBOOKS_HEADER = "X-FreshBooks-Hmac-SHA256"
 BILL_HEADER = "x-bill-sha-signature"
+QUICKBOOKS_HEADER = "intuit-signature"
 
 # reasons written in `webhook.rejected`
 BAD_SIGNATURE = "bad signature"
@@ -198,6 +200,71 @@ def parse_bill(body: bytes) -> BillEvent:
                      payload=payload)
 
 
+# --------------------------------------------------------------------------- QuickBooks
+QB_ENTITIES = {e.lower(): e for e in ("Bill", "BillPayment", "Vendor", "JournalEntry",
+                                      "Account", "Class", "Department", "Customer",
+                                      "Invoice", "Payment", "Purchase", "VendorCredit")}
+QB_OPERATIONS = {"created": "Create", "updated": "Update", "deleted": "Delete",
+                 "voided": "Void", "merged": "Merge", "emailed": "Emailed"}
+
+
+@dataclass(frozen=True)
+class QuickBooksEvent:
+    realm_id: str
+    entity: str                 # "Bill", as the API names it
+    object_id: str
+    operation: str              # Create | Update | Delete | Merge | Void | Emailed
+    event_id: str               # CloudEvents `id`; built from the fields in the legacy form
+    when: str | None = None
+    deleted_id: str | None = None  # a Merge: the id merged away
+
+    @property
+    def name(self) -> str:
+        return f"{self.entity}.{self.operation}"
+
+
+def verify_quickbooks(body: bytes, header: str | None, token: str) -> bool:
+    """`intuit-signature`: base64 HMAC-SHA256 of the raw body, keyed with the verifier."""
+    mac = hmac.new(token.encode("utf-8"), body, hashlib.sha256).digest()
+    return _same(base64.b64encode(mac).decode("ascii"), header)
+
+
+def parse_quickbooks(body: bytes) -> list[QuickBooksEvent]:
+    """Both payload formats, told apart by shape: a JSON array is CloudEvents (2026 on),
+    an object with `eventNotifications` the legacy form. One delivery may mix realms."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise MalformedWebhook("not JSON") from None
+    out: list[QuickBooksEvent] = []
+    if isinstance(data, list):
+        for ev in data:
+            kind = str(ev.get("type") or "").split(".") if isinstance(ev, dict) else []
+            if len(kind) < 3 or not ev.get("id") or not ev.get("intuitentityid"):
+                raise MalformedWebhook("a CloudEvent without type, id or entity id")
+            out.append(QuickBooksEvent(
+                realm_id=str(ev.get("intuitaccountid") or ""),
+                entity=QB_ENTITIES.get(kind[1], kind[1].capitalize()),
+                object_id=str(ev["intuitentityid"]),
+                operation=QB_OPERATIONS.get(kind[2], kind[2].capitalize()),
+                event_id=str(ev["id"]), when=ev.get("time")))
+        return out
+    if not isinstance(data, dict) or not isinstance(data.get("eventNotifications"), list):
+        raise MalformedWebhook("neither CloudEvents nor eventNotifications")
+    for note in data["eventNotifications"]:
+        realm = str((note or {}).get("realmId") or "")
+        for ent in ((note or {}).get("dataChangeEvent") or {}).get("entities") or []:
+            if not ent.get("name") or not ent.get("id"):
+                raise MalformedWebhook("an entity without name or id")
+            op = str(ent.get("operation") or "Update")
+            out.append(QuickBooksEvent(
+                realm_id=realm, entity=QB_ENTITIES.get(str(ent["name"]).lower(), ent["name"]),
+                object_id=str(ent["id"]), operation=op,
+                event_id=f"{realm}:{ent['name']}:{ent['id']}:{op}:{ent.get('lastUpdated')}",
+                when=ent.get("lastUpdated"), deleted_id=ent.get("deletedId")))
+    return out
+
+
 def freshbooks_dedupe_key(system: str, name: str, object_id: str) -> str:
     """FreshBooks sends no event id: (name, object_id) is one event while unprocessed."""
     return f"freshbooks:{system}:{name}:{object_id}"
@@ -339,7 +406,7 @@ SecretsFor = Callable[[str], Mapping[str, Any] | None]
 OnEvent = Callable[[str, FreshBooksEvent | BillEvent], None]
 OnHandshake = Callable[[str, str, str], None]
 
-_ROUTE = re.compile(r"^/webhooks/(freshbooks|bill)/([^/]{1,200})/?$")
+_ROUTE = re.compile(r"^/webhooks/(freshbooks|bill|quickbooks)/([^/]{1,200})/?$")
 _DRAIN_LIMIT = 4 * MAX_BODY
 
 
@@ -556,6 +623,8 @@ class WebhookReceiver(ThreadingHTTPServer):
                 raise _Reject(404, UNKNOWN_SYSTEM)
             if kind == "freshbooks":
                 after = self._freshbooks(h, system, body, secrets)
+            elif kind == "quickbooks":
+                after = self._quickbooks(h, system, body, secrets)
             else:
                 after = self._bill(h, system, body, secrets)
         except _Reject as rej:
@@ -634,6 +703,39 @@ class WebhookReceiver(ThreadingHTTPServer):
                             event_id=event.event_id, entity=event.entity)
         hook = self.on_event
         return (lambda: hook(system, event)) if added and hook else None
+
+
+    def _quickbooks(self, h: BaseHTTPRequestHandler, system: str, body: bytes,
+                    secrets: Mapping[str, Any]) -> Callable[[], None] | None:
+        keys = _keys(secrets, "verifiers", "verifier")
+        if not keys:
+            raise _Reject(401, BAD_SIGNATURE, detail="no verifier token stored for this system")
+        header = h.headers.get(QUICKBOOKS_HEADER)
+        if header is None:
+            raise _Reject(401, BAD_SIGNATURE, detail="no signature header")
+        if not _any_match(lambda k: verify_quickbooks(body, header, k), keys):
+            raise _Reject(401, BAD_SIGNATURE)
+        try:
+            events = parse_quickbooks(body)
+        except MalformedWebhook:
+            raise _Reject(400, MALFORMED) from None
+        realm = secrets.get("realm_id")
+        added = []
+        for event in events:
+            if realm and event.realm_id and event.realm_id != str(realm):
+                self.audit.write("webhook.received", system=system, webhook_event=event.name,
+                                 source_id=event.object_id, ignored="another company",
+                                 remote=h.client_address[0])
+                continue
+            payload = {"entity": event.entity, "id": event.object_id,
+                       "operation": event.operation, "time": event.when,
+                       "deleted_id": event.deleted_id, "realm_id": event.realm_id}
+            if self._store(h, system, event.name, event.object_id,
+                           f"quickbooks:{system}:{event.event_id}", payload,
+                           event_id=event.event_id):
+                added.append(event)
+        hook = self.on_event
+        return (lambda: [hook(system, e) for e in added]) if added and hook else None
 
 
 # ------------------------------------------------------------------------- registration

@@ -150,4 +150,6 @@ def open_system(system: Any, *, state: State, audit: Audit, data_dir: Path,
     if opener is None:
         raise ConfigError(f"the {system.type} connector is not built yet (supported now: "
                           f"{', '.join(SUPPORTED)})", key=f"systems.{system.name}.type")
-    return opener(_Opening(system, state, audit, data_dir, clock, env))
+    conn = opener(_Opening(system, state, audit, data_dir, clock, env))
+    conn.system_name = system.name
+    return conn

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..errors import NotFound
 from ..http import HttpClient
 
 
@@ -72,6 +73,8 @@ class Connector:
     only what its API does differently."""
 
     system_type = ""
+    system_name = ""   # the [systems.NAME] it was opened for (webhook inbox rows carry it)
+    webhook_nouns: Mapping[str, str] = {}  # a webhook event's noun -> the entity it names
     endpoints: Mapping[str, Endpoint] = {}
     paginator: Paginator
     write_concurrency = 2
@@ -110,6 +113,23 @@ class Connector:
     def reconcile(self, entity: str, ids: list[str]) -> list[Record]:
         """Deleted-record stubs for those of `ids` that no longer exist."""
         return []
+
+    def webhook_entity(self, event: str) -> str | None:
+        """Which of this connector's entities a webhook event (as the inbox stores its
+        name: "bill.update", "payment.updated") is about, by its noun."""
+        return self.webhook_nouns.get(event.split(".", 1)[0].lower())
+
+    def from_webhooks(self, entity: str, events: list[dict[str, Any]]) -> list[Record]:
+        """The records the inbox's events name, as they are now (a webhook is a hint,
+        never the truth); one that is gone is left to the next full read."""
+        ep = self.endpoints[entity]
+        out: list[Record] = []
+        for obj_id in dict.fromkeys(str(e["id"]) for e in events if e.get("id")):
+            try:
+                out.extend(self.records(ep, self.get(entity, obj_id)))
+            except NotFound:
+                continue
+        return out
 
     def since_params(self, ep: Endpoint, since: str | None) -> dict[str, Any]:
         return {}

@@ -127,6 +127,7 @@ class NaturalKeyIndex:
 class Bill(Connector):
     system_type = "bill"
     paginator = BillPages()
+    webhook_nouns = {"payment": "bill_payments"}
     write_concurrency = 3  # BDC_1322 above 3 in flight per organization
     endpoints = {
         "vendors": Endpoint("v3/vendors", version_field="updatedTime", label="vendor"),

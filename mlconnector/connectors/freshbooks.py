@@ -85,6 +85,7 @@ def classify(resp: Response) -> ApiError | None:
 class FreshBooks(Connector):
     system_type = "freshbooks"
     paginator = FreshBooksPages()
+    webhook_nouns = {"bill": "bills", "bill_vendor": "bill_vendors"}
     write_concurrency = 2  # no published limit; the SDKs and the API page advise 1-2
     endpoints = {
         "bill_vendors": Endpoint("bill_vendors/bill_vendors", id_field="vendorid",

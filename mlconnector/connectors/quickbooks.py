@@ -359,6 +359,33 @@ class QuickBooks(Connector):
             return None
         return next((r for r in self.records(ep, row) if r.id == record_id), None)
 
+    # -- webhooks: hints, read back from the API ------------------------------------------
+    def webhook_entity(self, event: str) -> str | None:
+        name = event.split(".", 1)[0]
+        return next((k for k, ep in self.endpoints.items() if ep.item_key == name), None)
+
+    def from_webhooks(self, entity: str, events: list[dict[str, Any]]) -> list[Record]:
+        """Each named object as it is now; one that is gone becomes a deleted stub (CDC
+        has been seen to flag live objects as deleted: the read decides). A merge also
+        names the object merged away."""
+        ep = self.endpoints[entity]
+        ids = dict.fromkeys(str(i) for e in events
+                            for i in (e.get("id"), e.get("deleted_id")) if i)
+        out: list[Record] = []
+        for obj_id in ids:
+            try:
+                row = self.get(entity, obj_id)
+            except NotFound:
+                row = self._stub(ep, obj_id)
+            out.extend(self.records(ep, row))
+        return out
+
+    def _stub(self, ep: Endpoint, obj_id: str) -> dict[str, Any]:
+        stub: dict[str, Any] = {"Id": obj_id, "status": "Deleted", "domain": "QBO"}
+        if ep.item_key in NAME_LISTS:
+            stub["Active"] = False  # name lists are deactivated, never deleted
+        return stub
+
     # -- deletions the query endpoint cannot show ------------------------------------------
     def needs_reconcile(self, entity: str) -> bool:
         return (self.endpoints[entity].item_key or entity) in self._reconcile
@@ -376,8 +403,7 @@ class QuickBooks(Connector):
                                     f"MAXRESULTS {CAP}")
             alive.update(str(r.get("Id")) for r in rows)
         return [Record(id=i, version="deleted", cursor=None,
-                       data={"Id": i.split(":")[0], "status": "Deleted", "domain": "QBO",
-                             "reconciled": True})
+                       data={**self._stub(ep, i.split(":")[0]), "reconciled": True})
                 for i in ids if i.split(":")[0] not in alive]
 
     # -- read-only ------------------------------------------------------------------------
