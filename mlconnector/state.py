@@ -91,11 +91,14 @@ class State:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        # the busy timeout before anything else: switching to WAL and creating the schema
+        # take locks that another run opening the same file may hold for a moment
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                                   timeout=10.0)
         os.chmod(self.path, 0o600)
+        self._db.execute("PRAGMA busy_timeout=10000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(SCHEMA)
 
     def __enter__(self) -> State:
