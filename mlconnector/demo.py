@@ -1,7 +1,7 @@
 """`mlconnector demo`: the whole job on the offline sandbox, narrated.
 
 Starts the FreshBooks, BILL, QuickBooks and ServiceNow emulators on 127.0.0.1, seeds a
-small business in each source, syncs both pairs twice (the second run writes nothing),
+small business in each source, syncs every pair twice (the second run writes nothing),
 shows the held bills, adds the missing GL lookups, replays them, and prints where the
 audit trail is. No account, keyring or network.
 """
@@ -50,7 +50,21 @@ def add_ledger(doc: dict, qbo: Any, sn: Any, seed: Any) -> None:
                     "cost_centers": dict(seed.cost_centers)}}
 
 
-PAIRS = ["freshbooks-bill", "quickbooks-servicenow"]
+def add_books_to_ap(doc: dict, sn: Any) -> dict[str, str]:
+    """FreshBooks -> ServiceNow too: the same FreshBooks business, its categories on
+    ServiceNow GL accounts by number (Travel left out, as for BILL). Returns the
+    categories the demo maps later."""
+    from .sandbox.seed import CATEGORIES, UNMAPPED
+
+    for name, (number, _lines, _cost) in {**CATEGORIES, **UNMAPPED}.items():
+        sn.add_gl_account(number, name)
+    doc["pairs"]["freshbooks-servicenow"] = {
+        "source": "books", "target": "sn",
+        "lookups": {"gl_accounts": {name: spec[0] for name, spec in CATEGORIES.items()}}}
+    return {name: spec[0] for name, spec in UNMAPPED.items()}
+
+
+PAIRS = ["freshbooks-bill", "quickbooks-servicenow", "freshbooks-servicenow"]
 
 
 def run_demo(*, keep: str | None = None, latency: float = 0.0) -> int:
@@ -98,10 +112,11 @@ def run_demo(*, keep: str | None = None, latency: float = 0.0) -> int:
         doc = demo_config(fb.base_url, bill.base_url, work / "data", dict(seed.gl_lookup),
                           bill.organization_id, bill.username, fb.client_id)
         add_ledger(doc, qbo, sn, ledger)
+        books_unmapped = add_books_to_ap(doc, sn)
         path.write_text(tomli_w.dumps(doc))
         print(f"   config: {path}")
 
-        _say("First sync of both pairs: mlconnector sync --all")
+        _say("First sync of every pair: mlconnector sync --all")
         first = run_pairs(load_config(path), PAIRS)
         render.show_results(first)
 
@@ -120,9 +135,13 @@ def run_demo(*, keep: str | None = None, latency: float = 0.0) -> int:
         doc["pairs"]["freshbooks-bill"]["lookups"]["gl_accounts"].update(seed.unmapped)
         doc["pairs"]["quickbooks-servicenow"]["lookups"]["gl_accounts"].update(
             ledger.unmapped)
+        doc["pairs"]["freshbooks-servicenow"]["lookups"]["gl_accounts"].update(books_unmapped)
         path.write_text(tomli_w.dumps(doc))
-        for name, account in {**seed.unmapped, **ledger.unmapped}.items():
-            print(f"   gl_accounts[{name!r}] = {account!r}")
+        for pair, mapped in (("freshbooks-bill", seed.unmapped),
+                             ("quickbooks-servicenow", ledger.unmapped),
+                             ("freshbooks-servicenow", books_unmapped)):
+            for name, account in mapped.items():
+                print(f"   [pairs.{pair}.lookups.gl_accounts] {name!r} = {account!r}")
         replayed = [r for pair in PAIRS for r in replay(load_config(path), pair=pair)]
         render.show_results(replayed)
 

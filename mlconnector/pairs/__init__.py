@@ -12,7 +12,8 @@ from ..errors import ConfigError
 from ..mapping import FieldMap, with_overrides
 
 BUILT_IN = {("freshbooks", "bill"): "freshbooks-bill",
-            ("quickbooks", "servicenow"): "quickbooks-servicenow"}
+            ("quickbooks", "servicenow"): "quickbooks-servicenow",
+            ("freshbooks", "servicenow"): "freshbooks-servicenow"}
 
 
 @dataclass(frozen=True)
