@@ -287,3 +287,385 @@ def test_knobs_are_seeded():
                     for _ in range(20)]
     first = statuses()
     assert first == statuses() and 503 in first and 401 in first
+
+
+# -- receivables: clients, invoices (with lines), items, payments ---------------------------
+
+def result_of(resp):
+    assert resp.status_code == 200, resp.text
+    return resp.json()["response"]["result"]
+
+
+def later(fb, api, clock, days):
+    """Advance the fake clock by whole days; the access token (12 h) is renewed."""
+    clock.advance(days * 86400)
+    api.headers["Authorization"] = "Bearer " + refresh(
+        fb, fb.issue_refresh_token()).json()["access_token"]
+
+
+@pytest.fixture
+def acme(fb):
+    return fb.add_client("billing@acme.example", organization="Acme Dental LLC", fname="Priya",
+                         lname="Raman", p_street="400 Main St", p_city="Boston",
+                         bus_phone="617-555-0100")
+
+
+def test_clients_create_update_delete_and_validation(fb, api, clock, acme):
+    url = api.url("users/clients")
+    made = result_of(api.post(url, json={"client": {"email": "solo@example.com"}}))["client"]
+    assert made["id"] == made["userid"] and made["organization"] == "solo@example.com"
+    assert made["accounting_systemid"] == fb.account_id and made["vis_state"] == 0
+    # signup_date is UTC, updated US/Eastern (the fake clock: 2026-01-05 12:00 UTC)
+    assert (made["signup_date"], made["updated"]) == ("2026-01-05 12:00:00", "2026-01-05 07:00:00")
+    got = result_of(api.get(f"{url}/{acme['id']}"))["client"]
+    assert got["organization"] == "Acme Dental LLC" and got["p_city"] == "Boston"
+    missing = api.get(f"{url}/999")
+    assert missing.status_code == 404
+    assert (errors_of(missing)[0]["errno"], errors_of(missing)[0]["field"]) == (1012, "userid")
+    # PUT is partial and `updated` strictly increases even within the same second
+    changed = result_of(api.put(f"{url}/{acme['id']}", json={"client": {"note": "VIP"}}))
+    assert changed["client"]["note"] == "VIP" and changed["client"]["fname"] == "Priya"
+    assert changed["client"]["updated"] > acme["updated"]
+    # the vis_state phase wins and discards the rest
+    deleted = result_of(api.put(f"{url}/{made['id']}", json={"client": {
+        "vis_state": 1, "fname": "Ignored"}}))["client"]
+    assert deleted["vis_state"] == 1 and deleted["fname"] == ""
+    assert [c["id"] for c in result_of(api.get(url))["clients"]] == [acme["id"]]
+    gone = result_of(api.get(url, params={"search[vis_state]": 1}))["clients"]
+    assert [c["id"] for c in gone] == [made["id"]]
+    # validation
+    empty = api.post(url, json={"client": {"note": "nobody"}})
+    assert empty.status_code == 422
+    (err,) = errors_of(empty)
+    assert (err["errno"], err["field"], err["object"]) == (1001, "email", "client")
+    bad_email = api.post(url, json={"client": {"email": "nope"}})
+    assert errors_of(bad_email)[0]["errno"] == 1004
+    blanked = api.put(f"{url}/{made['id']}", json={"client": {"email": "", "organization": ""}})
+    assert blanked.status_code == 422 and fb.clients[made["id"]]["email"] == "solo@example.com"
+    assert api.post(url, json={"nope": {}}).status_code == 400
+
+
+def test_client_search_filters(fb, api, clock, acme):
+    other = fb.add_client("ap@contoso.example", organization="Contoso", fname="Lee",
+                          lname="Wong", s_city="Denver", mob_phone="303-555-0199",
+                          note="pays late")
+    later(fb, api, clock, 1)  # a day later (US/Eastern 2026-01-06)
+    fb.add_client("third@example.com")
+    late = fb.add_client("fourth@example.com")
+
+    def ids(**params):
+        return [c["id"] for c in result_of(api.get(api.url("users/clients"),
+                                                   params=params))["clients"]]
+    assert ids(**{"search[email]": "AP@contoso.example"}) == [other["id"]]
+    assert ids(**{"search[organization_like]": "dental"}) == [acme["id"]]
+    assert ids(**{"search[fname_like]": "le"}) == [other["id"]]
+    assert ids(**{"search[lname_like]": "RAM"}) == [acme["id"]]
+    assert ids(**{"search[address_like]": "denv"}) == [other["id"]]
+    assert ids(**{"search[phone_like]": "555-01"}) == [acme["id"], other["id"]]
+    assert ids(**{"search[note_like]": "late"}) == [other["id"]]
+    assert ids(**{"search[updated_min]": "2026-01-06"})[-1] == late["id"]
+    assert len(ids(**{"search[updated_min]": "2026-01-06"})) == 2
+    assert ids(**{"search[updated_max]": "2026-01-06"}) == [acme["id"], other["id"]]
+    assert ids(**{"search[updated_min]": "2026-01-05", "search[updated_max]": "2026-01-05"}) == []
+    assert ids(**{"search[unknown_thing]": "x"}) == ids()
+    bad = api.get(api.url("users/clients"), params={"search[updated_min]": "yesterday"})
+    assert bad.status_code == 400
+    assert (errors_of(bad)[0]["errno"], errors_of(bad)[0]["field"]) == (
+        1004, "search[updated_min]")
+
+
+def test_invoice_lines_totals_and_include(fb, api, acme):
+    url = api.url("invoices/invoices")
+    body = {"invoice": {"customerid": str(acme["id"]), "create_date": "2024-03-04",
+                        "due_offset_days": 15, "lines": [
+                            {"name": "Cleaning service", "description": "March", "qty": 2,
+                             "unit_cost": {"amount": "500.00", "code": "USD"}},
+                            {"name": "Supplies", "qty": "1.5",
+                             "unit_cost": {"amount": "148.00", "code": "USD"}}]}}
+    made = result_of(api.post(url, json=body))["invoice"]
+    assert "lines" not in made
+    assert made["id"] == made["invoiceid"] and made["invoice_number"] == "0000001"
+    assert made["customerid"] == acme["id"] and made["accountid"] == fb.account_id
+    assert made["amount"] == {"amount": "1222.00", "code": "USD"}
+    assert made["outstanding"]["amount"] == "1222.00" and made["paid"]["amount"] == "0.00"
+    assert made["due_date"] == "2024-03-19"
+    assert (made["status"], made["v3_status"], made["payment_status"]) == (1, "draft", "unpaid")
+    assert (made["organization"], made["email"], made["city"]) == (
+        "Acme Dental LLC", "billing@acme.example", "Boston")
+    plain = result_of(api.get(f"{url}/{made['id']}"))["invoice"]
+    assert "lines" not in plain
+    full = result_of(api.get(f"{url}/{made['id']}", params={"include[]": "lines"}))["invoice"]
+    first, second = full["lines"]
+    assert (first["lineid"], first["invoiceid"], first["qty"]) == (1, made["id"], "2")
+    assert first["amount"] == {"amount": "1000.00", "code": "USD"}
+    assert second["qty"] == "1.5" and second["amount"]["amount"] == "222.00"
+    assert first["taxName1"] == "" and first["taxAmount1"] == "0"
+    listed = result_of(api.get(url, params={"include[]": "lines"}))["invoices"]
+    assert len(listed[0]["lines"]) == 2
+    assert "lines" not in result_of(api.get(url))["invoices"][0]
+    # an update with lines replaces the whole set (taxes are percentages of the line)
+    changed = result_of(api.put(f"{url}/{made['id']}", params={"include[]": "lines"}, json={
+        "invoice": {"po_number": "PO-9", "lines": [
+            {"name": "Audit", "qty": 3, "unit_cost": {"amount": "100.00", "code": "USD"},
+             "taxName1": "HST", "taxAmount1": "13"}]}}))["invoice"]
+    assert changed["po_number"] == "PO-9" and len(changed["lines"]) == 1
+    assert changed["amount"]["amount"] == "339.00" and changed["updated"] > made["updated"]
+    assert changed["lines"][0]["taxAmount1"] == "13"
+    discounted = result_of(api.put(f"{url}/{made['id']}", json={"invoice": {
+        "discount_value": "10"}}))["invoice"]
+    assert discounted["discount_total"]["amount"] == "30.00"
+    assert discounted["amount"]["amount"] == "309.00"
+
+
+def test_invoice_actions_and_delete(fb, api, acme):
+    inv = fb.add_invoice(acme["id"], [{"name": "A", "qty": 1, "unit_cost": "10.00"}])
+    url = api.url(f"invoices/invoices/{inv['id']}")
+    sent = result_of(api.put(url, json={"invoice": {"action_mark_as_sent": True,
+                                                     "notes": "discarded"}}))["invoice"]
+    assert (sent["status"], sent["v3_status"], sent["display_status"]) == (2, "sent", "sent")
+    assert sent["notes"] == ""
+    other = fb.add_invoice(acme["id"], [{"name": "B", "qty": 1, "unit_cost": "5.00"}])
+    emailed = result_of(api.put(api.url(f"invoices/invoices/{other['id']}"), json={
+        "invoice": {"action_email": True, "email_recipients": ["a@b.example"]}}))["invoice"]
+    assert emailed["v3_status"] == "sent" and fb.invoice_emails == [(other["id"], ["a@b.example"])]
+    deleted = result_of(api.put(url, json={"invoice": {"vis_state": 1, "po_number": "X"}}))
+    assert deleted["invoice"]["vis_state"] == 1 and deleted["invoice"]["po_number"] is None
+    listed = result_of(api.get(api.url("invoices/invoices")))
+    assert listed["total"] == 1 and listed["invoices"][0]["id"] == other["id"]
+    gone = result_of(api.get(api.url("invoices/invoices"), params={"search[vis_state]": 1}))
+    assert [i["id"] for i in gone["invoices"]] == [inv["id"]]
+    missing = api.get(api.url("invoices/invoices/1"))
+    assert missing.status_code == 404 and errors_of(missing)[0]["field"] == "invoiceid"
+
+
+def test_invoice_validation(fb, api, acme):
+    url = api.url("invoices/invoices")
+    line = {"name": "A", "qty": 1, "unit_cost": {"amount": "1.00", "code": "USD"}}
+
+    def refused(payload, errno, field):
+        resp = api.post(url, json={"invoice": payload})
+        assert resp.status_code == 422, resp.text
+        (err,) = errors_of(resp)
+        assert (err["errno"], err["field"], err["object"]) == (errno, field, "invoice")
+    refused({"create_date": "2026-03-02", "lines": [line]}, 1001, "customerid")
+    refused({"customerid": 4242, "lines": [line]}, 1004, "customerid")
+    refused({"customerid": acme["id"], "create_date": "03/02/2026"}, 1004, "create_date")
+    refused({"customerid": acme["id"], "lines": [{**line, "qty": "two"}]}, 1004, "lines[0].qty")
+    refused({"customerid": acme["id"], "lines": [{**line, "unit_cost": "1.00"}]}, 1004,
+            "lines[0].unit_cost")
+    refused({"customerid": acme["id"], "due_offset_days": -1}, 1004, "due_offset_days")
+    gone = fb.add_client("gone@example.com")
+    api.put(api.url(f"users/clients/{gone['id']}"), json={"client": {"vis_state": 1}})
+    refused({"customerid": gone["id"]}, 1011, "customerid")
+    assert fb.invoices == {}
+    # no lines is a valid (empty) invoice
+    empty = result_of(api.post(url, json={"invoice": {"customerid": acme["id"]}}))["invoice"]
+    assert empty["amount"]["amount"] == "0.00" and empty["create_date"] == "2026-01-05"
+
+
+def test_invoice_paging_filters_and_sort(fb, api, clock, acme):
+    other = fb.add_client("ap@contoso.example", organization="Contoso")
+    for n in range(30):
+        fb.add_invoice(acme["id"] if n % 3 else other["id"],
+                       [{"name": "x", "qty": 1, "unit_cost": "1.00"}],
+                       create_date=f"2026-03-{n + 1:02d}")
+    later(fb, api, clock, 2)
+    late = fb.add_invoice(other["id"], [{"name": "y", "qty": 1, "unit_cost": "2.00"}],
+                          invoice_number="SS007", create_date="2026-02-01")
+    url = api.url("invoices/invoices")
+    page = result_of(api.get(url, params={"per_page": 10, "page": 4}))
+    assert (page["page"], page["pages"], page["per_page"], page["total"]) == (4, 4, 10, 31)
+    assert [i["id"] for i in page["invoices"]] == [late["id"]]
+    assert result_of(api.get(url))["per_page"] == 15
+
+    def numbers(**params):
+        rows = result_of(api.get(url, params={"per_page": 100, **params}))["invoices"]
+        return [i["invoice_number"] for i in rows]
+    assert len(numbers(**{"search[customerid]": other["id"]})) == 11
+    assert len(numbers(**{"search[customerids][]": [other["id"], acme["id"]]})) == 31
+    assert numbers(**{"search[invoice_number]": "SS007"}) == ["SS007"]
+    assert numbers(**{"search[invoice_number]": "0000002"}) == ["0000002"]
+    assert numbers(**{"search[date_min]": "2026-03-29"}) == ["0000029", "0000030"]
+    assert numbers(**{"search[date_max]": "2026-03-02"}) == ["0000001", "SS007"]
+    assert numbers(**{"search[updated_min]": "2026-01-07"}) == ["SS007"]
+    assert len(numbers(**{"search[updated_max]": "2026-01-07"})) == 30
+    assert numbers(sort="invoice_date_asc")[0] == "SS007"
+    assert numbers(sort="invoice_date_desc")[0] == "0000030"
+    bad = api.get(url, params={"search[customerid]": "acme"})
+    assert bad.status_code == 400 and errors_of(bad)[0]["errno"] == 1004
+
+
+def test_payments_move_the_invoice(fb, api, acme):
+    inv = fb.add_invoice(acme["id"], [{"name": "A", "qty": 2, "unit_cost": "50.00"}],
+                         action_mark_as_sent=True)
+    assert inv["v3_status"] == "sent"
+    url = api.url("payments/payments")
+    post = {"invoiceid": inv["id"], "amount": {"amount": "40.00"}, "date": "2026-03-05",
+            "type": "Check", "note": "first"}
+    first = result_of(api.post(url, json={"payment": post}))["payment"]
+    assert first["id"] == first["logid"] and first["clientid"] == acme["id"]
+    assert first["amount"] == {"amount": "40.00", "code": "USD"}
+    assert first["overpaymentid"] is None and first["updated"] == "2026-01-05 07:00:00"
+    invoice = result_of(api.get(api.url(f"invoices/invoices/{inv['id']}")))["invoice"]
+    assert (invoice["status"], invoice["v3_status"], invoice["payment_status"]) == (
+        8, "partial", "partial")
+    assert invoice["outstanding"]["amount"] == "60.00" and invoice["paid"]["amount"] == "40.00"
+    assert invoice["updated"] > inv["updated"] and invoice["date_paid"] is None
+    second = result_of(api.post(url, json={"payment": {**post, "amount": {"amount": "60.00"},
+                                                        "date": "2026-03-09"}}))["payment"]
+    invoice = fb.invoices[inv["id"]]
+    assert (invoice["status"], invoice["payment_status"], invoice["date_paid"]) == (
+        4, "paid", "2026-03-09")
+    assert invoice["outstanding"]["amount"] == "0.00"
+    # editing a payment: partial; the invoice follows; it cannot move to another invoice
+    edited = result_of(api.put(f"{url}/{second['id']}", json={"payment": {
+        "amount": {"amount": "10.00", "code": "USD"}, "invoiceid": inv["id"]}}))["payment"]
+    assert edited["amount"]["amount"] == "10.00" and edited["note"] == "first"
+    assert fb.invoices[inv["id"]]["outstanding"]["amount"] == "50.00"
+    moved = api.put(f"{url}/{second['id']}", json={"payment": {"invoiceid": 1}})
+    assert moved.status_code == 422 and errors_of(moved)[0]["field"] == "invoiceid"
+    # a deleted payment is reversed and leaves the default list
+    api.put(f"{url}/{first['id']}", json={"payment": {"vis_state": 1}})
+    invoice = fb.invoices[inv["id"]]
+    assert invoice["paid"]["amount"] == "10.00" and invoice["v3_status"] == "partial"
+    assert [p["id"] for p in result_of(api.get(url))["payments"]] == [second["id"]]
+    api.put(f"{url}/{second['id']}", json={"payment": {"vis_state": 1}})
+    assert fb.invoices[inv["id"]]["v3_status"] == "sent"  # back to sent, not draft
+    assert result_of(api.get(url, params={"search[vis_state]": 1}))["total"] == 2
+
+
+def test_overpayment_credit_and_client_balances(fb, api, clock, acme):
+    draft = fb.add_invoice(acme["id"], [{"name": "D", "qty": 1, "unit_cost": "7.00"}])
+    sent = fb.add_invoice(acme["id"], [{"name": "S", "qty": 1, "unit_cost": "100.00"}],
+                          create_date="2026-01-01", due_offset_days=10,
+                          action_mark_as_sent=True)
+    other = fb.add_client("nobody@example.com")
+    clients = api.url("users/clients")
+    include = {"include[]": ["outstanding_balance", "draft_balance", "overdue_balance",
+                             "credit_balance"]}
+    got = result_of(api.get(f"{clients}/{acme['id']}", params=include))["client"]
+    assert got["outstanding_balance"] == [{"amount": {"amount": "100.00", "code": "USD"}}]
+    assert got["draft_balance"] == [{"amount": {"amount": "7.00", "code": "USD"}}]
+    assert got["overdue_balance"] == [] and got["credit_balance"] == []
+    assert "outstanding_balance" not in result_of(api.get(f"{clients}/{acme['id']}"))["client"]
+
+    def ids(**params):
+        return [c["id"] for c in result_of(api.get(clients, params=params))["clients"]]
+    assert ids(**{"search[has_draft]": "true"}) == [acme["id"]]
+    assert ids(**{"search[has_outstanding]": "false"}) == [other["id"]]
+    assert ids(**{"search[has_overdue]": "true"}) == []
+    later(fb, api, clock, 10)  # 2026-01-15: past the 2026-01-11 due date
+    assert ids(**{"search[has_overdue]": "1"}) == [acme["id"]]
+    paid = fb.add_payment(sent["id"], "130.00")
+    assert paid["overpaymentid"] is not None and paid["amount"]["amount"] == "130.00"
+    invoice = fb.invoices[sent["id"]]
+    assert invoice["paid"]["amount"] == "100.00" and invoice["outstanding"]["amount"] == "0.00"
+    got = result_of(api.get(f"{clients}/{acme['id']}", params=include))["client"]
+    assert got["credit_balance"] == [{"amount": {"amount": "30.00", "code": "USD"}}]
+    assert got["outstanding_balance"] == [] and got["overdue_balance"] == []
+    assert ids(**{"search[has_credit]": "true"}) == [acme["id"]]
+    assert draft["v3_status"] == "draft"
+    bad = api.get(clients, params={"search[has_credit]": "maybe"})
+    assert bad.status_code == 400 and errors_of(bad)[0]["field"] == "search[has_credit]"
+
+
+def test_payment_validation_filters_and_includes(fb, api, clock, acme):
+    other = fb.add_client("ap@contoso.example", organization="Contoso")
+    a = fb.add_invoice(acme["id"], [{"name": "A", "qty": 1, "unit_cost": "500.00"}])
+    b = fb.add_invoice(other["id"], [{"name": "B", "qty": 1, "unit_cost": "500.00"}])
+    p1 = fb.add_payment(a["id"], "100.00", date="2026-03-01", note="wire ref 7")
+    p2 = fb.add_payment(a["id"], "50.00", date="2026-03-05", type="Cash")
+    later(fb, api, clock, 1)
+    p3 = fb.add_payment(b["id"], "250.00", date="2026-03-10", type="ACH")
+    url = api.url("payments/payments")
+
+    def ids(**params):
+        return [p["id"] for p in result_of(api.get(url, params=params))["payments"]]
+    assert ids(**{"search[invoiceid]": a["id"]}) == [p1["id"], p2["id"]]
+    assert ids(**{"search[clientid]": other["id"]}) == [p3["id"]]
+    assert ids(**{"search[customerid]": acme["id"]}) == [p1["id"], p2["id"]]
+    assert ids(**{"search[logids][]": [p1["id"], p3["id"]]}) == [p1["id"], p3["id"]]
+    assert ids(**{"search[logid]": p2["id"]}) == [p2["id"]]
+    assert ids(**{"search[date_min]": "2026-03-05"}) == [p2["id"], p3["id"]]
+    assert ids(**{"search[date_max]": "2026-03-05"}) == [p1["id"]]
+    assert ids(**{"search[amount_min]": "100", "search[amount_max]": "250.00"}) == [p1["id"]]
+    assert ids(**{"search[type]": "Cash"}) == [p2["id"]]
+    assert ids(**{"search[notes]": "REF"}) == [p1["id"]]
+    assert ids(**{"search[updated_min]": "2026-01-06"}) == [p3["id"]]
+    assert ids(**{"search[client_name]": "contoso"}) == [p3["id"]]
+    assert ids(**{"search[currency]": "USD"}) == [p1["id"], p2["id"], p3["id"]]
+    embedded = result_of(api.get(f"{url}/{p3['id']}", params={
+        "include[]": ["client", "invoice"]}))["payment"]
+    assert embedded["client"]["organization"] == "Contoso"
+    assert embedded["invoice"]["id"] == b["id"] and "lines" not in embedded["invoice"]
+
+    def refused(payload, errno, field):
+        resp = api.post(url, json={"payment": payload})
+        assert resp.status_code == 422, resp.text
+        (err,) = errors_of(resp)
+        assert (err["errno"], err["field"], err["object"]) == (errno, field, "payment")
+    ok = {"invoiceid": a["id"], "amount": {"amount": "1.00", "code": "USD"}}
+    refused({"amount": ok["amount"]}, 1001, "invoiceid")
+    refused({**ok, "invoiceid": 1}, 1004, "invoiceid")
+    refused({"invoiceid": a["id"]}, 1001, "amount")
+    refused({**ok, "amount": "1.00"}, 1004, "amount")
+    refused({**ok, "amount": {"amount": "-5"}}, 1004, "amount")
+    refused({**ok, "type": "Wire"}, 1004, "type")
+    refused({**ok, "date": "soon"}, 1004, "date")
+    fb.update_invoice(b["id"], vis_state=1)
+    refused({**ok, "invoiceid": b["id"]}, 1011, "invoiceid")
+    assert len(fb.payments) == 3
+
+
+def test_items_create_update_delete_and_filters(fb, api, clock):
+    url = api.url("items/items")
+    made = result_of(api.post(url, json={"item": {
+        "name": "Cleaning", "description": "Deep clean", "sku": "CL-1", "qty": 5,
+        "unit_cost": {"amount": "80", "code": "USD"}, "tax1": 3}}))["item"]
+    assert made["id"] == made["itemid"] and made["qty"] == "5" and made["tax1"] == 3
+    assert made["unit_cost"] == {"amount": "80.00", "code": "USD"} and made["inventory"] is None
+    assert made["accounting_systemid"] == fb.account_id
+    cheap = fb.add_item("Gloves", sku="GL-2", unit_cost="4.50", inventory="100")
+    later(fb, api, clock, 1)
+    other = fb.add_item("Mop", unit_cost="25.00", description="A mop")
+
+    def ids(**params):
+        return [i["id"] for i in result_of(api.get(url, params=params))["items"]]
+    assert ids(**{"search[sku]": "GL-2"}) == [cheap["id"]]
+    assert ids(**{"search[itemid]": made["id"]}) == [made["id"]]
+    assert ids(**{"search[itemids][]": [made["id"], other["id"]]}) == [made["id"], other["id"]]
+    assert ids(**{"search[description]": "clean"}) == [made["id"]]
+    assert ids(**{"search[unit_cost_min]": "25", "search[unit_cost_max]": "80"}) == [other["id"]]
+    assert ids(**{"search[inventory_min]": "1"}) == [cheap["id"]]
+    assert ids(**{"search[qty_min]": "1"}) == [made["id"]]
+    assert ids(**{"search[updated_min]": "2026-01-06"}) == [other["id"]]
+    changed = result_of(api.put(f"{url}/{made['id']}", json={"item": {
+        "unit_cost": {"amount": "90.00", "code": "USD"}}}))["item"]
+    assert changed["unit_cost"]["amount"] == "90.00" and changed["name"] == "Cleaning"
+    assert changed["updated"] > made["updated"]
+    api.put(f"{url}/{made['id']}", json={"item": {"vis_state": 1, "name": "ignored"}})
+    assert fb.items[made["id"]]["name"] == "Cleaning"
+    assert ids() == [cheap["id"], other["id"]]
+    assert ids(**{"search[vis_state]": 1}) == [made["id"]]
+    nameless = api.post(url, json={"item": {"unit_cost": {"amount": "1.00", "code": "USD"}}})
+    assert nameless.status_code == 422 and errors_of(nameless)[0]["errno"] == 1001
+    bad_cost = api.post(url, json={"item": {"name": "X", "unit_cost": "1.00"}})
+    assert bad_cost.status_code == 422 and errors_of(bad_cost)[0]["field"] == "unit_cost"
+    assert api.get(f"{url}/1").json()["response"]["errors"][0]["field"] == "itemid"
+
+
+def test_receivable_updated_is_us_eastern_and_strictly_increases(fb, clock, acme):
+    clock.advance(180 * 86400)  # 2026-07-04 12:00 UTC: daylight time, UTC-4
+    inv = fb.add_invoice(acme["id"], [{"name": "A", "qty": 1, "unit_cost": "1.00"}])
+    assert inv["created_at"] == inv["updated"] == "2026-07-04 08:00:00"
+    assert inv["lines"][0]["date"] == "2026-07-04 08:00:00"
+    stamps = [fb.update_invoice(inv["id"], notes=str(n))["updated"] for n in range(3)]
+    assert stamps == ["2026-07-04 08:00:01", "2026-07-04 08:00:02", "2026-07-04 08:00:03"]
+    relined = fb.update_invoice(inv["id"], lines=[{"name": "B", "qty": 4, "unit_cost": "2.5"}])
+    assert relined["amount"]["amount"] == "10.00" and relined["lines"][0]["name"] == "B"
+    client = fb.add_client(None, fname="Ana", lname="Lopez")
+    assert client["signup_date"] == "2026-07-04 12:00:00" and client["organization"] == ""
+    with pytest.raises(ValueError):
+        fb.add_client("")
+    with pytest.raises(ValueError):
+        fb.add_invoice(999, [])

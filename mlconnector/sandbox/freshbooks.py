@@ -1,6 +1,7 @@
-"""Offline FreshBooks: OAuth (authorization code, single-use refresh tokens), users/me, and the
+"""Offline FreshBooks: OAuth (authorization code, single-use refresh tokens), users/me, the
 accounting resources the FreshBooks -> BILL pair uses (bills, bill vendors, bill payments,
-expense categories), in the wire format of `api/freshbooks.md`.
+expense categories) and the receivables side (clients, invoices with lines, items, payments), in
+the wire format of `api/freshbooks.md`.
 
 Choices where the API page is unsure (all marked [?] there):
 - validation errors answer 422; a body that is not JSON answers 400 errno 1005;
@@ -13,6 +14,45 @@ Choices where the API page is unsure (all marked [?] there):
 - an empty list answers `pages: 1`;
 - `updated_at` never repeats for a record: a change within the same second as the last one is
   stamped one second later, so a version check by timestamp sees every change.
+
+Receivables (clients, invoices, items, payments), choices where the page is unsure or silent:
+- `updated` (and invoice `created_at`, line `date`/`updated`) are US/Eastern, client
+  `signup_date` UTC; `updated` strictly increases per record like `updated_at` above. A payment
+  (create, edit, delete) bumps its invoice's `updated`; nothing else touches another record.
+- search filters: `_min` is >=, `_max` is < (the page's reading of the docs' tables), also for
+  dates and amounts; `updated_min/max` compare whole US/Eastern days (only the first 10 chars
+  of the value are read). `*_like`, `notes` and `description` are case-insensitive substrings;
+  `email`, `sku`, `invoice_number`, `type` exact (email case-insensitively). "in" lists take
+  `search[x][]` or repeated `search[x]`. A malformed filter value answers 400 errno 1004 naming
+  the parameter; unknown filters are ignored. Invoices take `customerid(s)`, `invoice_number`,
+  `date_min/max` (create_date) and `updated_min/max`; `sort=invoice_date_*` sorts by create_date.
+- scopes are not enforced (the token's scope string is unchanged).
+- a client needs at least one of email, organization, fname, lname (422 errno 1001, field
+  `email`); an email without "@" is 1004. With neither organization nor a name, organization =
+  the email (as in the SDK fixture). Emails and invoice numbers may repeat.
+- includes on clients: `outstanding_balance`, `draft_balance`, `overdue_balance`,
+  `credit_balance`, each an array with one `{"amount": Money}` per currency, empty when zero;
+  drafts count only in draft_balance; overdue = sent or part-paid, outstanding and due_date
+  before today (US/Eastern). Other includes are ignored. Payments take `include[]=client` and
+  `include[]=invoice` (the invoice without lines).
+- invoices: `amount` = sum of lines (qty x unit_cost) plus line taxes (`taxAmount1/2` are
+  percentages of the line amount) minus `discount_total` (= `discount_value` % of the line sum,
+  not applied to taxes). An invoice may have no lines. Lines in an update replace the whole set.
+  New invoices are drafts; `action_mark_as_sent`/`action_email` mark them sent (email recipients
+  are recorded in `invoice_emails`), these actions win over ordinary fields (the page's phases;
+  `ext_vis_state` is not modelled). A bad percentage (`discount_value`, line `taxAmount1/2`)
+  is errno 1018; other bad values 1004, missing required ones 1001, all HTTP 422.
+  Status: paid -> 4/"paid", part-paid -> 8/"partial", else 2/"sent" or 1/"draft"; it never
+  turns "overdue" by itself. `date_paid` = the latest payment date once paid. Numbers are
+  auto-assigned as "0000001", ... when absent. The client's name/email/address are copied at
+  create and when customerid changes.
+- payments: over the outstanding amount is accepted (the page: an overpayment credit); the
+  payment keeps its full amount and gets an `overpaymentid`, the invoice's `paid` stops at its
+  amount and the excess shows as the client's credit_balance. A payment on an unknown invoice
+  is 422 errno 1004, on a deleted one 1011; an update that changes `invoiceid` is 1004.
+- items: `name` is required (1001); `qty` defaults to "0", `inventory` to null.
+- unknown ids answer 404 errno 1012 naming the resource's id field (userid, invoiceid, logid,
+  itemid).
 """
 
 from __future__ import annotations
@@ -20,6 +60,7 @@ from __future__ import annotations
 import copy
 import math
 import secrets
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
@@ -57,7 +98,21 @@ KINDS = {
     "bill_vendors/bill_vendors": ("bill_vendor", "bill_vendors", "vendors", True),
     "bill_payments/bill_payments": ("bill_payment", "bill_payments", "bill_payments", True),
     "expenses/categories": ("category", "categories", "categories", False),
+    "users/clients": ("client", "clients", "clients", True),
+    "invoices/invoices": ("invoice", "invoices", "invoices", True),
+    "items/items": ("item", "items", "items", True),
+    "payments/payments": ("payment", "payments", "payments", True),
 }
+ID_FIELDS = {"clients": "userid", "invoices": "invoiceid", "payments": "logid", "items": "itemid"}
+CLIENT_FIELDS = ("organization", "fname", "lname", "email", "currency_code", "language",
+                 "bus_phone", "mob_phone", "home_phone", "fax", "note", "p_street", "p_street2",
+                 "p_city", "p_province", "p_code", "p_country", "s_street", "s_street2",
+                 "s_city", "s_province", "s_code", "s_country", "vat_name", "vat_number",
+                 "username", "allow_late_fees", "allow_late_notifications")
+ADDRESS = (("street", "p_street"), ("street2", "p_street2"), ("city", "p_city"),
+           ("province", "p_province"), ("code", "p_code"), ("country", "p_country"))
+INVOICE_TEXT = ("invoice_number", "po_number", "notes", "terms", "language", "organization",
+                "fname", "lname", "email") + tuple(a for a, _ in ADDRESS)
 
 
 def money(amount: Decimal, code: str = "USD") -> dict[str, str]:
@@ -110,6 +165,87 @@ def _plain(d: Decimal) -> str:
     return format(d.normalize(), "f")
 
 
+def _bad_filter(name: str, value: Any, what: str) -> Abort:
+    return errors(400, 1004, f"search[{name}] must be {what}.", field=f"search[{name}]",
+                  value=str(value))
+
+
+class _Search:
+    """A list request's search[...] parameters, parsed (400 errno 1004 when malformed) into
+    row predicates."""
+
+    def __init__(self, req: Request):
+        self.req = req
+
+    def text(self, name: str) -> str | None:
+        return self.req.arg(f"search[{name}]")
+
+    def many(self, name: str) -> list[str]:
+        return self.req.params.get(f"search[{name}][]", []) + self.req.params.get(
+            f"search[{name}]", [])
+
+    def ints(self, *names: str) -> set[int] | None:
+        """Ids from any of `names` (an equals filter and its "in" list), or None if absent."""
+        values = [(n, v) for n in names for v in self.many(n)]
+        if not values:
+            return None
+        out = {_int(v) for _, v in values}
+        if None in out:
+            name, value = next((n, v) for n, v in values if _int(v) is None)
+            raise _bad_filter(name, value, "an integer id")
+        return out  # type: ignore[return-value]
+
+    def flag(self, name: str) -> bool | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        if value.lower() not in ("true", "1", "false", "0"):
+            raise _bad_filter(name, value, "true or false")
+        return value.lower() in ("true", "1")
+
+    def equals(self, name: str, get: Any, *, fold: bool = False) -> list[Any]:
+        value = self.text(name)
+        if value is None:
+            return []
+        want = value.lower() if fold else value
+        return [lambda row: ((get(row) or "").lower() if fold else get(row)) == want]
+
+    def like(self, name: str, *fields: str) -> list[Any]:
+        value = self.text(name)
+        if value is None:
+            return []
+        needle = value.lower()
+        return [lambda row: any(needle in str(row.get(f) or "").lower() for f in fields)]
+
+    def between(self, name: str, get: Any, parse: Any, what: str) -> list[Any]:
+        """`name_min` (>=) and `name_max` (<) on the value get(row) (rows without one fail)."""
+        tests = []
+        for suffix, ok in (("_min", lambda v, b: v >= b), ("_max", lambda v, b: v < b)):
+            raw = self.text(name + suffix)
+            if raw is None:
+                continue
+            bound = parse(raw)
+            if bound is None:
+                raise _bad_filter(name + suffix, raw, what)
+
+            def test(row: dict[str, Any], ok: Any = ok, bound: Any = bound) -> bool:
+                value = get(row)
+                return value is not None and ok(value, bound)
+            tests.append(test)
+        return tests
+
+    def days(self, name: str, field: str) -> list[Any]:
+        """Day-granular betweens on a "YYYY-MM-DD[ HH:MM:SS]" field."""
+        return self.between(name, lambda row: _date((row.get(field) or "")[:10]),
+                            lambda raw: _date(raw.strip()[:10]), "a date YYYY-MM-DD")
+
+    def amounts(self, name: str, field: str) -> list[Any]:
+        def value(row: dict[str, Any]) -> Decimal | None:
+            v = row.get(field)
+            return _decimal(v.get("amount") if isinstance(v, dict) else v)
+        return self.between(name, value, _decimal, "a decimal number")
+
+
 class FreshBooksSandbox(Emulator):
     client_id = "sandbox-client-id"
     client_secret = "sandbox-client-secret"
@@ -124,8 +260,19 @@ class FreshBooksSandbox(Emulator):
         self.vendors: dict[int, dict[str, Any]] = {}
         self.bill_payments: dict[int, dict[str, Any]] = {}
         self.categories: dict[int, dict[str, Any]] = {}
+        self.clients: dict[int, dict[str, Any]] = {}
+        self.invoices: dict[int, dict[str, Any]] = {}
+        self.items: dict[int, dict[str, Any]] = {}
+        self.payments: dict[int, dict[str, Any]] = {}
+        self.invoice_emails: list[tuple[int, list[str]]] = []  # (invoiceid, recipients)
         self._next = {"bills": 1141, "vendors": 5321, "bill_payments": 909,
-                      "categories": 65773, "lines": 2621}
+                      "categories": 65773, "lines": 2621, "clients": 56789,
+                      "invoices": 217506, "items": 8801, "payments": 30011,
+                      "overpayments": 701, "invoice_numbers": 1}
+        self._invoice_lines: dict[int, list[dict[str, Any]]] = {}  # invoice id -> lines
+        self._sent: set[int] = set()                              # invoices marked sent
+        self._paid_by_invoice: dict[int, list[int]] = {}          # invoice id -> payment ids
+        self._excess: dict[int, Decimal] = {}                     # invoice id -> overpaid
         self._access: dict[str, dict[str, Any]] = {}
         self._refresh: dict[str, str] = {}   # live refresh token -> scope
         self._codes: dict[str, dict[str, Any]] = {}
@@ -322,6 +469,9 @@ class FreshBooksSandbox(Emulator):
         """The list's search[...] filters as a predicate; unknown ones are ignored."""
         vis = _int(req.arg("search[vis_state]"))
         vis = 0 if vis is None else vis
+        if store in ("clients", "invoices", "items", "payments"):
+            tests = getattr(self, f"_{store}_filters")(_Search(req))
+            return lambda row: row.get("vis_state", 0) == vis and all(t(row) for t in tests)
         bills = store == "bills"  # bills are the only resource here with documented filters
         vendorid = _int(req.arg("search[vendorid]")) if req.arg("search[vendorid]") else None
         ids = {_int(v) for v in req.params.get("search[ids][]", []) + req.params.get(
@@ -339,6 +489,7 @@ class FreshBooksSandbox(Emulator):
 
     def _sorted(self, req: Request, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         field, _, direction = (req.arg("sort") or "").rpartition("_")
+        field = {"invoice_date": "create_date"}.get(field, field)
         if direction not in ("asc", "desc") or not rows or field not in rows[0]:
             return rows
 
@@ -351,15 +502,25 @@ class FreshBooksSandbox(Emulator):
 
     def _render(self, req: Request, store: str, row: dict[str, Any]) -> dict[str, Any]:
         """The record as answered (encode it before releasing the lock)."""
-        if store == "bills" and "vendor" in req.params.get("include[]", []):
+        include = req.params.get("include[]", [])
+        if store == "bills" and "vendor" in include:
             return {**row, "vendor": self.vendors.get(row["vendorid"])}
+        if store == "invoices" and "lines" in include:
+            return {**row, "lines": self._invoice_lines.get(row["id"], [])}
+        if store == "clients" and include:
+            return row | self._client_balances(row["id"], include)
+        if store == "payments" and include:
+            extra = {"client": self.clients.get(row["clientid"])} if "client" in include else {}
+            if "invoice" in include:
+                extra["invoice"] = self.invoices.get(row["invoiceid"])
+            return {**row, **extra}
         return row
 
     def _find(self, store: str, single: str, raw_id: str) -> dict[str, Any]:
         row = getattr(self, store).get(_int(raw_id))
         if row is None:
             raise errors(404, 1012, f"{single.replace('_', ' ').capitalize()} not found.",
-                         field="id", object=single, value=raw_id)
+                         field=ID_FIELDS.get(store, "id"), object=single, value=raw_id)
         return row
 
     def _get(self, req: Request, kind: tuple) -> Reply:
@@ -383,7 +544,9 @@ class FreshBooksSandbox(Emulator):
         single, _, store, _ = kind
         payload = self._payload(req, single)
         create = {"bills": self._create_bill, "vendors": self._create_vendor,
-                  "bill_payments": self._create_payment}[store]
+                  "bill_payments": self._create_payment, "clients": self._create_client,
+                  "invoices": self._create_invoice, "items": self._create_item,
+                  "payments": self._create_inv_payment}[store]
         with self.lock:
             row = self._render(req, store, create(payload))
             return encoded(200, {"response": {"result": {single: row}}})
@@ -392,7 +555,9 @@ class FreshBooksSandbox(Emulator):
         single, _, store, _ = kind
         payload = self._payload(req, single)
         update = {"bills": self._update_bill, "vendors": self._update_vendor,
-                  "bill_payments": self._update_payment}[store]
+                  "bill_payments": self._update_payment, "clients": self._update_client,
+                  "invoices": self._update_invoice, "items": self._update_item,
+                  "payments": self._update_inv_payment}[store]
         with self.lock:
             row = self._find(store, single, req.match["id"])
             if "vis_state" in payload:  # the vis_state phase wins; the rest is discarded
@@ -413,13 +578,16 @@ class FreshBooksSandbox(Emulator):
     def _utc(self) -> str:
         return self.clock.now().astimezone(UTC).strftime(STAMP)
 
-    def _stamp(self, row: dict[str, Any]) -> None:
-        """Bump updated_at, never to the same value twice."""
-        new = self._utc()
-        old = row.get("updated_at")
+    def _eastern(self) -> str:
+        return self.clock.now().astimezone(EASTERN).strftime(STAMP)
+
+    def _stamp(self, row: dict[str, Any], key: str = "updated_at") -> None:
+        """Bump updated_at (UTC), or `updated` (US/Eastern), never to the same value twice."""
+        new = self._utc() if key == "updated_at" else self._eastern()
+        old = row.get(key)
         if old and new <= old:
             new = (datetime.strptime(old, STAMP) + timedelta(seconds=1)).strftime(STAMP)
-        row["updated_at"] = new
+        row[key] = new
 
     def _create_category(self, name: str, parentid: int | None = None,
                          is_cogs: bool = False) -> dict[str, Any]:
@@ -642,6 +810,445 @@ class FreshBooksSandbox(Emulator):
         self._stamp(bill)
         self._refresh_bill(bill)
 
+    # -- receivables: clients, items, invoices, payments --------------------------------------
+    def _clients_filters(self, q: _Search) -> list[Any]:
+        tests = q.equals("email", lambda r: r["email"], fold=True)
+        for name, fields in (("fname_like", ("fname",)), ("lname_like", ("lname",)),
+                             ("organization_like", ("organization",)),
+                             ("address_like", tuple(f for f in CLIENT_FIELDS
+                                                    if f[:2] in ("p_", "s_"))),
+                             ("note_like", ("note",)),
+                             ("phone_like", ("bus_phone", "mob_phone", "home_phone", "fax"))):
+            tests += q.like(name, *fields)
+        tests += q.days("updated", "updated")
+        flags = {k: q.flag(f"has_{k}") for k in ("credit", "draft", "outstanding", "overdue")}
+        for kind, want in flags.items():
+            if want is not None:
+                tests.append(lambda r, k=kind, w=want: bool(self._balances(r["id"])[k]) == w)
+        return tests
+
+    def _items_filters(self, q: _Search) -> list[Any]:
+        tests = []
+        ids = q.ints("itemid", "itemids")
+        if ids is not None:
+            tests.append(lambda r: r["id"] in ids)
+        tests += q.equals("sku", lambda r: r["sku"])
+        tests += q.like("description", "description")
+        tests += q.amounts("unit_cost", "unit_cost") + q.amounts("inventory", "inventory")
+        tests += q.amounts("qty", "qty") + q.days("updated", "updated")
+        return tests
+
+    def _invoices_filters(self, q: _Search) -> list[Any]:
+        tests = []
+        customers = q.ints("customerid", "customerids")
+        if customers is not None:
+            tests.append(lambda r: r["customerid"] in customers)
+        tests += q.equals("invoice_number", lambda r: r["invoice_number"])
+        tests += q.days("date", "create_date") + q.days("updated", "updated")
+        return tests
+
+    def _payments_filters(self, q: _Search) -> list[Any]:
+        tests = []
+        for names, field in ((("logid", "logids"), "id"), (("invoiceid", "invoiceids"),
+                                                            "invoiceid"),
+                             (("clientid", "clientids", "customerid", "customerids"),
+                              "clientid")):
+            ids = q.ints(*names)
+            if ids is not None:
+                tests.append(lambda r, f=field, ids=ids: r[f] in ids)
+        tests += q.days("date", "date") + q.days("updated", "updated")
+        tests += q.amounts("amount", "amount")
+        tests += q.equals("type", lambda r: r["type"])
+        tests += q.equals("currency", lambda r: r["amount"]["code"])
+        tests += q.like("notes", "note")
+        from_credit = q.flag("from_credit")
+        if from_credit is not None:
+            tests.append(lambda r: r["from_credit"] == from_credit)
+        name = q.text("client_name")
+        if name is not None:
+            def named(row: dict[str, Any]) -> bool:
+                client = self.clients.get(row["clientid"]) or {}
+                whole = " ".join(str(client.get(f) or "") for f in
+                                 ("organization", "fname", "lname"))
+                return name.lower() in whole.lower()
+            tests.append(named)
+        return tests
+
+    def _balances(self, clientid: int) -> dict[str, dict[str, Decimal]]:
+        """A client's outstanding, draft, overdue and credit sums by currency (non-zero only),
+        over its active invoices."""
+        out: dict[str, dict[str, Decimal]] = {k: {} for k in ("outstanding", "draft",
+                                                               "overdue", "credit")}
+        today = self.clock.now().astimezone(EASTERN).date().isoformat()
+
+        def add(kind: str, code: str, value: Decimal) -> None:
+            if value:
+                out[kind][code] = out[kind].get(code, Decimal(0)) + value
+        for inv in self.invoices.values():
+            if inv["customerid"] != clientid or inv["vis_state"] != 0:
+                continue
+            code = inv["currency_code"]
+            owed = Decimal(inv["outstanding"]["amount"])
+            if inv["v3_status"] == "draft":
+                add("draft", code, Decimal(inv["amount"]["amount"]))
+            else:
+                add("outstanding", code, owed)
+                if inv["due_date"] < today:
+                    add("overdue", code, owed)
+            add("credit", code, self._excess.get(inv["id"], Decimal(0)))
+        return out
+
+    def _client_balances(self, clientid: int, include: list[str]) -> dict[str, Any]:
+        balances = self._balances(clientid)
+        return {f"{kind}_balance": [{"amount": money(v, code)} for code, v in sums.items()]
+                for kind, sums in balances.items() if f"{kind}_balance" in include}
+
+    def _create_client(self, payload: dict[str, Any]) -> dict[str, Any]:
+        row: dict[str, Any] = {"id": None, "userid": None} | {f: "" for f in CLIENT_FIELDS}
+        row |= {"currency_code": "USD", "language": "en", "note": None, "vat_name": None,
+                "vat_number": None, "accounting_systemid": self.account_id, "uuid": None,
+                "role": "client", "level": 0, "allow_late_fees": True,
+                "allow_late_notifications": True, "signup_date": self._utc(), "updated": None,
+                "vis_state": 0}
+        self._apply_client(row, payload)
+        if not (row["organization"] or row["fname"] or row["lname"]):
+            row["organization"] = row["email"]
+        if not row["username"]:
+            row["username"] = (f"{row['fname']}{row['lname']}".lower().replace(" ", "")
+                               or row["email"].split("@")[0])
+        row["id"] = row["userid"] = self._id("clients")
+        row["uuid"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"freshbooks:{self.account_id}:"
+                                                         f"client:{row['id']}"))
+        self._stamp(row, "updated")
+        self.clients[row["id"]] = row
+        return row
+
+    def _apply_client(self, row: dict[str, Any], payload: dict[str, Any]) -> None:
+        new = {k: payload[k] for k in CLIENT_FIELDS if k in payload}
+        for key in ("allow_late_fees", "allow_late_notifications"):
+            if key in new:
+                new[key] = bool(new[key])
+        for key in ("organization", "fname", "lname", "email"):
+            if key in new and new[key] is not None and not isinstance(new[key], str):
+                raise invalid("client", key, f"{key} must be a string.", value=new[key])
+            if key in new:
+                new[key] = (new[key] or "").strip()
+        if new.get("email") and "@" not in new["email"]:
+            raise invalid("client", "email", "email is not a valid email address.",
+                          value=new["email"])
+        merged = row | new
+        if not any(merged[k] for k in ("email", "organization", "fname", "lname")):
+            raise invalid("client", "email", "A client needs an email, an organization or a "
+                          "name.", errno=1001)
+        row.update(new)
+
+    def _update_client(self, row: dict[str, Any], payload: dict[str, Any]) -> None:
+        if "vis_state" in payload:
+            row["vis_state"] = payload["vis_state"]
+        else:
+            self._apply_client(row, payload)
+        self._stamp(row, "updated")
+
+    def _create_item(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if not str(payload.get("name") or "").strip():
+            raise invalid("item", "name", "name is required.", errno=1001)
+        row: dict[str, Any] = {"id": None, "itemid": None, "name": None, "description": "",
+                               "sku": None, "qty": "0", "inventory": None,
+                               "unit_cost": money(Decimal(0)), "tax1": 0, "tax2": 0,
+                               "accounting_systemid": self.account_id, "updated": None,
+                               "vis_state": 0}
+        self._apply_item(row, payload)
+        row["id"] = row["itemid"] = self._id("items")
+        self._stamp(row, "updated")
+        self.items[row["id"]] = row
+        return row
+
+    def _apply_item(self, row: dict[str, Any], payload: dict[str, Any]) -> None:
+        new: dict[str, Any] = {}
+        if "name" in payload:
+            if not isinstance(payload["name"], str) or not payload["name"].strip():
+                raise invalid("item", "name", "name may not be blank.", errno=1001)
+            new["name"] = payload["name"]
+        for key in ("description", "sku"):
+            if key in payload:
+                new[key] = payload[key] if key == "sku" else payload[key] or ""
+        for key in ("qty", "inventory"):
+            if key in payload:
+                if payload[key] is None and key == "inventory":
+                    new[key] = None
+                    continue
+                value = _decimal(payload[key])
+                if value is None:
+                    raise invalid("item", key, f"{key} must be a decimal string.",
+                                  value=payload[key])
+                new[key] = _plain(value)
+        if "unit_cost" in payload:
+            cost = payload["unit_cost"]
+            value = _decimal(cost.get("amount")) if isinstance(cost, dict) else None
+            if value is None or value < 0:
+                raise invalid("item", "unit_cost", 'unit_cost must be an object {"amount": '
+                              '"<decimal string>", "code": "USD"}.', value=cost)
+            new["unit_cost"] = money(value, cost.get("code") or row["unit_cost"]["code"])
+        for key in ("tax1", "tax2"):
+            if key in payload:
+                tax = _int(payload[key]) if payload[key] is not None else 0
+                if tax is None or tax < 0:
+                    raise invalid("item", key, f"{key} must be a tax id.", value=payload[key])
+                new[key] = tax
+        row.update(new)
+
+    def _update_item(self, row: dict[str, Any], payload: dict[str, Any]) -> None:
+        if "vis_state" in payload:
+            row["vis_state"] = payload["vis_state"]
+        else:
+            self._apply_item(row, payload)
+        self._stamp(row, "updated")
+
+    def _create_invoice(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if payload.get("customerid") in (None, ""):
+            raise invalid("invoice", "customerid", "customerid is required.", errno=1001)
+        today = self.clock.now().astimezone(EASTERN).date().isoformat()
+        row: dict[str, Any] = {
+            "id": None, "invoiceid": None, "invoice_number": None, "customerid": None,
+            "accountid": self.account_id, "accounting_systemid": self.account_id,
+            "create_date": today, "due_offset_days": 0, "due_date": None,
+            "currency_code": "USD", "language": "en", "amount": None, "outstanding": None,
+            "paid": None, "discount_total": None, "discount_value": "0", "status": 1,
+            "v3_status": "draft", "payment_status": "unpaid", "display_status": "draft",
+            "date_paid": None, "po_number": None, "notes": "", "terms": None,
+            "organization": "", "fname": "", "lname": "", "email": ""}
+        row |= {a: "" for a, _ in ADDRESS}
+        row |= {"created_at": self._eastern(), "updated": None, "vis_state": 0}
+        lines = self._apply_invoice(row, payload)
+        row["id"] = row["invoiceid"] = self._id("invoices")
+        if not row["invoice_number"]:
+            taken = {inv["invoice_number"] for inv in self.invoices.values()}
+            while f"{self._next['invoice_numbers']:07d}" in taken:
+                self._next["invoice_numbers"] += 1
+            row["invoice_number"] = f"{self._id('invoice_numbers'):07d}"
+        self._stamp(row, "updated")
+        self.invoices[row["id"]] = row
+        self._set_lines(row, lines or [])
+        self._refresh_invoice(row)
+        return row
+
+    def _apply_invoice(self, row: dict[str, Any], payload: dict[str, Any]) -> list | None:
+        """Validate everything, then change the row; returns the new lines (None: unchanged)."""
+        new: dict[str, Any] = {}
+        if "customerid" in payload:
+            client = self.clients.get(_int(payload["customerid"]))
+            if client is None:
+                raise invalid("invoice", "customerid", "No client with this customerid.",
+                              value=payload["customerid"])
+            if client["vis_state"] == 1:
+                raise invalid("invoice", "customerid", "The client is deleted.", errno=1011,
+                              value=payload["customerid"])
+            if client["id"] != row["customerid"]:
+                new |= {k: client[k] or "" for k in ("organization", "fname", "lname",
+                                                      "email")}
+                new |= {a: client[c] or "" for a, c in ADDRESS}
+            new["customerid"] = client["id"]
+        if "create_date" in payload:
+            if _date(payload["create_date"]) is None:
+                raise invalid("invoice", "create_date", "create_date must be YYYY-MM-DD.",
+                              value=payload["create_date"])
+            new["create_date"] = str(payload["create_date"])
+        if "due_offset_days" in payload:
+            offset = _int(payload["due_offset_days"])
+            if offset is None or offset < 0:
+                raise invalid("invoice", "due_offset_days", "due_offset_days must be a "
+                              "non-negative integer.", value=payload["due_offset_days"])
+            new["due_offset_days"] = offset
+        if "currency_code" in payload:
+            code = payload["currency_code"]
+            if not isinstance(code, str) or len(code) != 3:
+                raise invalid("invoice", "currency_code", "currency_code must be a 3-letter "
+                              "code.", value=code)
+            new["currency_code"] = code.upper()
+        if "discount_value" in payload:
+            discount = _decimal(payload["discount_value"] or 0)
+            if discount is None or not 0 <= discount <= 100:
+                raise invalid("invoice", "discount_value", "discount_value must be a "
+                              "percentage from 0 to 100.", errno=1018,
+                              value=payload["discount_value"])
+            new["discount_value"] = _plain(discount)
+        for key in INVOICE_TEXT:
+            if key in payload:
+                new[key] = payload[key]
+        lines = None
+        if "lines" in payload:
+            if not isinstance(payload["lines"], list):
+                raise invalid("invoice", "lines", "lines must be a list.")
+            lines = [self._invoice_line(spec, n) for n, spec in enumerate(payload["lines"])]
+        row.update(new)
+        return lines
+
+    def _invoice_line(self, spec: Any, n: int) -> dict[str, Any]:
+        where = f"lines[{n}]"
+        if not isinstance(spec, dict):
+            raise invalid("invoice", where, "A line must be an object.")
+        qty = _decimal(spec.get("qty", 1))
+        if qty is None or qty < 0:
+            raise invalid("invoice", f"{where}.qty", "qty must be a non-negative number.",
+                          value=spec.get("qty"))
+        cost = spec.get("unit_cost")
+        unit = _decimal(cost.get("amount")) if isinstance(cost, dict) else None
+        if unit is None:
+            raise invalid("invoice", f"{where}.unit_cost", "unit_cost must be an object "
+                          '{"amount": "<decimal string>", "code": "USD"}.', value=cost)
+        line_type = _int(spec.get("type", 0))
+        if line_type not in (0, 1):
+            raise invalid("invoice", f"{where}.type", "type must be 0 or 1.",
+                          value=spec.get("type"))
+        line: dict[str, Any] = {
+            "lineid": n + 1, "invoiceid": None, "name": spec.get("name") or "",
+            "description": spec.get("description") or "", "qty": _plain(qty),
+            "unit_cost": unit, "amount": (qty * unit).quantize(CENT, ROUND_HALF_UP),
+            "type": line_type, "expenseid": _int(spec.get("expenseid")) or 0}
+        for k in (1, 2):
+            percent = _decimal(spec.get(f"taxAmount{k}") or 0)
+            if percent is None or percent < 0:
+                raise invalid("invoice", f"{where}.taxAmount{k}", f"taxAmount{k} must be a "
+                              "percentage as a decimal string.", errno=1018,
+                              value=spec.get(f"taxAmount{k}"))
+            line |= {f"taxName{k}": spec.get(f"taxName{k}") or "",
+                     f"taxAmount{k}": _plain(percent)}
+        stamp = self._eastern()
+        return line | {"taxNumber1": spec.get("taxNumber1"), "taxNumber2":
+                       spec.get("taxNumber2"), "compounded_tax": bool(spec.get(
+                           "compounded_tax", False)), "date": stamp, "updated": stamp,
+                       "retainer_id": None, "retainer_period_id": None}
+
+    def _set_lines(self, row: dict[str, Any], lines: list[dict[str, Any]]) -> None:
+        for line in lines:
+            line["invoiceid"] = row["id"]
+        self._invoice_lines[row["id"]] = lines
+
+    def _update_invoice(self, row: dict[str, Any], payload: dict[str, Any]) -> None:
+        if "vis_state" in payload:
+            row["vis_state"] = payload["vis_state"]
+        elif any(k.startswith("action_") for k in payload):  # the actions phase wins
+            if payload.get("action_email"):
+                recipients = payload.get("email_recipients") or [row["email"]]
+                if not isinstance(recipients, list) or not all(
+                        isinstance(r, str) and "@" in r for r in recipients):
+                    raise invalid("invoice", "email_recipients", "email_recipients must be "
+                                  "a list of email addresses.", value=recipients)
+                self.invoice_emails.append((row["id"], list(recipients)))
+                self._sent.add(row["id"])
+            elif payload.get("action_mark_as_sent"):
+                self._sent.add(row["id"])
+        else:
+            lines = self._apply_invoice(row, payload)
+            if lines is not None:
+                self._set_lines(row, lines)
+        self._stamp(row, "updated")
+        self._refresh_invoice(row)
+
+    def _refresh_invoice(self, row: dict[str, Any]) -> None:
+        """Recompute everything an invoice derives from its lines and payments."""
+        code = row["currency_code"]
+        subtotal = tax = Decimal(0)
+        for line in self._invoice_lines.get(row["id"], []):
+            unit = line["unit_cost"]
+            unit = Decimal(unit["amount"]) if isinstance(unit, dict) else unit
+            amount = line["amount"]
+            amount = Decimal(amount["amount"]) if isinstance(amount, dict) else amount
+            line["unit_cost"], line["amount"] = money(unit, code), money(amount, code)
+            subtotal += amount
+            for k in (1, 2):
+                tax += (amount * Decimal(line[f"taxAmount{k}"]) / 100).quantize(
+                    CENT, ROUND_HALF_UP)
+        discount = (subtotal * Decimal(row["discount_value"]) / 100).quantize(
+            CENT, ROUND_HALF_UP)
+        total = subtotal - discount + tax
+        payments = [self.payments[pid] for pid in self._paid_by_invoice.get(row["id"], [])
+                    if self.payments[pid]["vis_state"] == 0]
+        received = sum((Decimal(p["amount"]["amount"]) for p in payments), Decimal(0))
+        paid = min(received, max(total, Decimal(0)))
+        self._excess[row["id"]] = received - paid
+        if paid and paid >= total:
+            status = (4, "paid", "paid", "paid")
+        elif paid:
+            status = (8, "partial", "partial", "partial")
+        elif row["id"] in self._sent:
+            status = (2, "sent", "unpaid", "sent")
+        else:
+            status = (1, "draft", "unpaid", "draft")
+        row.update({
+            "amount": money(total, code), "paid": money(paid, code),
+            "outstanding": money(total - paid, code), "discount_total": money(discount, code),
+            "status": status[0], "v3_status": status[1], "payment_status": status[2],
+            "display_status": status[3],
+            "date_paid": max(p["date"] for p in payments) if status[0] == 4 else None,
+            "due_date": str(date.fromisoformat(row["create_date"])
+                            + timedelta(days=row["due_offset_days"]))})
+
+    def _create_inv_payment(self, payload: dict[str, Any]) -> dict[str, Any]:
+        invoice = self.invoices.get(_int(payload.get("invoiceid")))
+        if invoice is None:
+            raise invalid("payment", "invoiceid", "invoiceid must name an invoice.",
+                          errno=1001 if payload.get("invoiceid") in (None, "") else 1004,
+                          value=payload.get("invoiceid"))
+        if invoice["vis_state"] == 1:
+            raise invalid("payment", "invoiceid", "The invoice is deleted.", errno=1011,
+                          value=payload.get("invoiceid"))
+        if payload.get("amount") is None:
+            raise invalid("payment", "amount", "amount is required.", errno=1001)
+        row: dict[str, Any] = {
+            "id": None, "logid": None, "invoiceid": invoice["id"],
+            "clientid": invoice["customerid"], "amount": None,
+            "date": self.clock.now().astimezone(EASTERN).date().isoformat(), "type": "Check",
+            "note": "", "creditid": None, "overpaymentid": None, "orderid": None,
+            "gateway": None, "transactionid": None, "from_credit": False,
+            "accounting_systemid": self.account_id, "updated": None, "vis_state": 0}
+        self._apply_inv_payment(row, payload, invoice["currency_code"])
+        if Decimal(row["amount"]["amount"]) > Decimal(invoice["outstanding"]["amount"]):
+            row["overpaymentid"] = self._id("overpayments")
+        row["id"] = row["logid"] = self._id("payments")
+        self._stamp(row, "updated")
+        self.payments[row["id"]] = row
+        self._paid_by_invoice.setdefault(invoice["id"], []).append(row["id"])
+        self._stamp(invoice, "updated")
+        self._refresh_invoice(invoice)
+        return row
+
+    def _apply_inv_payment(self, row: dict[str, Any], payload: dict[str, Any],
+                           code: str) -> None:
+        new: dict[str, Any] = {}
+        if "invoiceid" in payload and _int(payload["invoiceid"]) != row["invoiceid"]:
+            raise invalid("payment", "invoiceid", "A payment cannot move to another invoice.",
+                          value=payload["invoiceid"])
+        if "amount" in payload:
+            cost = payload["amount"]
+            value = _decimal(cost.get("amount")) if isinstance(cost, dict) else None
+            if value is None or value <= 0:
+                raise invalid("payment", "amount", 'amount must be an object {"amount": '
+                              '"<positive decimal string>", "code": "USD"}.', value=cost)
+            new["amount"] = money(value, cost.get("code") or code)
+        if "date" in payload:
+            if _date(payload["date"]) is None:
+                raise invalid("payment", "date", "date must be YYYY-MM-DD.",
+                              value=payload["date"])
+            new["date"] = str(payload["date"])
+        if "type" in payload:
+            if payload["type"] not in PAYMENT_TYPES:
+                raise invalid("payment", "type", "Unknown payment type.", value=payload["type"])
+            new["type"] = payload["type"]
+        if "note" in payload:
+            new["note"] = payload["note"] or ""
+        row.update(new)
+
+    def _update_inv_payment(self, row: dict[str, Any], payload: dict[str, Any]) -> None:
+        invoice = self.invoices[row["invoiceid"]]
+        if "vis_state" in payload:
+            row["vis_state"] = payload["vis_state"]
+        else:
+            self._apply_inv_payment(row, payload, invoice["currency_code"])
+        self._stamp(row, "updated")
+        self._stamp(invoice, "updated")
+        self._refresh_invoice(invoice)
+
     # -- data helpers for tests and the demo (they return a snapshot of the stored record) --
     def _helper(self, fn: Any, *args: Any) -> dict[str, Any]:
         with self.lock:
@@ -685,3 +1292,60 @@ class FreshBooksSandbox(Emulator):
         return self._helper(self._create_payment, {
             "billid": billid, "amount": {"amount": str(amount), "code": code},
             "paid_date": paid_date, "payment_type": payment_type, "note": note})
+
+
+    def add_client(self, email: str | None, *, organization: str | None = None,
+                   fname: str | None = None, lname: str | None = None,
+                   **fields: Any) -> dict[str, Any]:
+        named = {"organization": organization, "fname": fname, "lname": lname}
+        return self._helper(self._create_client, {
+            "email": email, **{k: v for k, v in named.items() if v is not None}, **fields})
+
+    def add_item(self, name: str, *, sku: str | None = None, unit_cost: Any = "0.00",
+                 **fields: Any) -> dict[str, Any]:
+        if not isinstance(unit_cost, dict):
+            unit_cost = {"amount": str(unit_cost), "code": fields.pop("currency_code", "USD")}
+        return self._helper(self._create_item, {"name": name, "sku": sku,
+                                                "unit_cost": unit_cost, **fields})
+
+    def _with_lines(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "lines": self._invoice_lines.get(row["id"], [])}
+
+    def add_invoice(self, clientid: int, lines: list[dict[str, Any]], *,
+                    invoice_number: str | None = None, create_date: str = "2026-03-02",
+                    due_offset_days: int = 30, **fields: Any) -> dict[str, Any]:
+        """An invoice (a draft unless `action_mark_as_sent=True` is among the fields), returned
+        with its lines; line unit_cost may be a plain decimal string."""
+        sent = fields.pop("action_mark_as_sent", False)
+        payload = {"customerid": clientid, "create_date": create_date,
+                   "due_offset_days": due_offset_days,
+                   "lines": self._lines(lines, fields.get("currency_code", "USD")), **fields}
+        if invoice_number is not None:
+            payload["invoice_number"] = invoice_number
+
+        def create() -> dict[str, Any]:
+            row = self._create_invoice(payload)
+            if sent:
+                self._sent.add(row["id"])
+                self._refresh_invoice(row)
+            return self._with_lines(row)
+        return self._helper(create)
+
+    def update_invoice(self, invoice_id: int, **changes: Any) -> dict[str, Any]:
+        """Edit an invoice as a user would in the web app (vis_state and action_* too); bumps
+        `updated`; returned with its lines."""
+        with self.lock:
+            row = self.invoices[invoice_id]
+            if "lines" in changes:
+                changes["lines"] = self._lines(changes["lines"], row["currency_code"])
+            return self._helper(lambda: (self._update_invoice(row, changes),
+                                         self._with_lines(row))[1])
+
+    def add_payment(self, invoiceid: int, amount: Any, *, date: str = "2026-03-05",
+                    type: str = "Check", **fields: Any) -> dict[str, Any]:  # noqa: A002
+        with self.lock:
+            code = self.invoices[invoiceid]["currency_code"] if invoiceid in self.invoices \
+                else "USD"
+        return self._helper(self._create_inv_payment, {
+            "invoiceid": invoiceid, "amount": {"amount": str(amount), "code": code},
+            "date": date, "type": type, **fields})
