@@ -360,7 +360,7 @@ def auth_test(system: str = typer.Argument(...)) -> None:
             for flow in rp.flows:
                 side = pair.target if flow.definition.write_side == "target" else pair.source
                 if side == system:
-                    writes.append((flow.definition.write_entity, flow.mapping))
+                    writes.append((flow.definition.write_entity, flow.mapping, rp.options))
         try:
             sys.stdout.write(ping(sys_cfg, state_db=state, audit=audit, data_dir=directory,
                                   writes=writes) + "\n")

@@ -296,7 +296,7 @@ def logout(system: Any, state_db: State, audit: Audit) -> list[str]:
 
 
 def ping(system: Any, *, state_db: State, audit: Audit, data_dir: Path,
-         writes: list[tuple[str, Any]] | None = None) -> str:
+         writes: list[tuple[str, Any, dict[str, Any]]] | None = None) -> str:
     """One cheap authenticated call; for ServiceNow also the tables and columns the pairs
     write (`writes`: their flows' write entity and mapping), since it ignores unknown
     ones without a word."""
@@ -317,7 +317,8 @@ def ping(system: Any, *, state_db: State, audit: Audit, data_dir: Path,
         return (f"connected to QuickBooks company {conn.company_name()} "
                 f"(realm {conn.realm_id})")
     if system.type == "servicenow":
-        return _ping_servicenow(system, conn, conn.schema_for(writes or []))
+        return _ping_servicenow(system, conn, conn.schema_for(
+            [(entity, mapping) for entity, mapping, _ in writes or []]))
     if system.type == "servicetitan":
         body = conn.http.get(f"/settings/v2/tenant/{system.tenant_id}/business-units",
                              params={"pageSize": 1}).body or {}
@@ -329,7 +330,17 @@ def ping(system: Any, *, state_db: State, audit: Audit, data_dir: Path,
         body = conn.http.get(f"/services/data/{system.api_version}/query",
                              params={"q": "SELECT Name FROM Organization"}).body or {}
         org = ((body.get("records") or [{}])[0]).get("Name", "?")
-        return f"connected to Salesforce organization {org} ({system.resolved_base_url()})"
+        head = f"connected to Salesforce organization {org} ({system.resolved_base_url()})"
+        wanted: dict[str, set[str]] = {}
+        for entity, mapping, options in writes or []:
+            for obj, names in conn.schema_for([(entity, mapping)], options).items():
+                wanted.setdefault(obj, set()).update(names)
+        problems = conn.check_fields(wanted)
+        if problems:
+            raise ConfigError("Salesforce lacks fields the pairs write (it would refuse "
+                              "every record):\n  " + "\n  ".join(problems) + f"\n  ({head})")
+        return head + (f"; {sum(len(v) for v in wanted.values())} fields on "
+                       f"{len(wanted)} objects checked" if wanted else "")
     return f"connected to {system.name}"
 
 

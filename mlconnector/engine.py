@@ -117,7 +117,8 @@ class PairRun:
         self.on_progress = on_progress or (lambda flow, stats: None)
         self.context = Context(
             lookups=lookups, fallbacks=fallbacks, resolve_ref=self._resolve_ref,
-            lookup_labels={k: v.get("label", k) for k, v in pdef.lookups.items()})
+            lookup_labels={k: v.get("label", k) for k, v in pdef.lookups.items()},
+            options=options)
         self._key_locks = _KeyLocks()
         self._lock = threading.Lock()
         self._result: RunResult | None = None
@@ -191,9 +192,12 @@ class PairRun:
                         system=exc.system, status=exc.status, code=exc.code) from exc
                 stats.read += len(page)
                 jobs = [j for j in (self._prepare(flow, rec, stats) for rec in page) if j]
-                newest = getattr(page, "watermark", None) or max(
-                    (r.cursor for r in page if r.cursor), default=None)
-                pending.append(([pool.submit(self._write, j, stats) for j in jobs], newest))
+                # an API's own position (a CDC time, an export token) is taken as it is;
+                # else the newest record's cursor, never moving back
+                told = getattr(page, "watermark", None)
+                newest = told or max((r.cursor for r in page if r.cursor), default=None)
+                pending.append(([pool.submit(self._write, j, stats) for j in jobs],
+                                (newest, bool(told))))
                 # at most two pages in flight: memory stays flat in the number of records
                 self._settle(flow, pending, mark, keep=1)
                 self.on_progress(flow.name, stats)
@@ -247,12 +251,12 @@ class PairRun:
     def _settle(self, flow: Flow, pending: deque, mark: list[str | None], *, keep: int) -> None:
         """Finish the oldest pages until `keep` remain; move the watermark over them."""
         while len(pending) > keep or (pending and all(f.done() for f in pending[0][0])):
-            futures, newest = pending.popleft()
+            futures, (newest, told) = pending.popleft()
             wait(futures)
             errors = [f.exception() for f in futures if f.exception()]
             if errors:
                 raise errors[0]
-            if newest and (mark[0] is None or newest > mark[0]):
+            if newest and (told or mark[0] is None or newest > mark[0]):
                 mark[0] = newest
                 if not self.dry_run:
                     self.state.set_watermark(self.name, flow.name, newest, self.clock.now())
@@ -392,6 +396,13 @@ class PairRun:
                                 f"{fdef.label} {target_id} in {writer.system_type} already "
                                 f"belongs to {fdef.label} {other.source_id}: two source "
                                 "records share its natural key")
+                    elif fdef.create_when and not all(
+                            self.options.get(k) in allowed
+                            for k, allowed in fdef.create_when.items()):
+                        wanted = ", ".join(f"{k} = {v[0]!r}" for k, v in
+                                           fdef.create_when.items())
+                        raise HeldError(f"{fdef.label} not found in {writer.system_type}; "
+                                        f"add it there, or set {wanted} to create it")
                     elif self.dry_run:
                         action, target_id = "created", ""
                         with self._lock:

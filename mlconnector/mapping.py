@@ -5,6 +5,7 @@ A mapping is data: target field -> rule. A rule is a source path ("vendor_name",
 
   from      a source path, or a list of paths (the first that is not empty wins)
   const     a constant
+  option    the value of one of the pair's [options] (e.g. an external-id field name)
   template  a string with {path} placeholders
   type      money | money_str | decimal | str | int | bool | date | country
   default   used when the value is empty (may hold {path} placeholders)
@@ -37,7 +38,8 @@ from .errors import ConfigError, HeldError
 
 CENT = Decimal("0.01")
 RULE_KEYS = {"from", "const", "template", "type", "default", "required", "values", "lookup",
-             "keys", "fallback", "ref", "reverse", "each", "fields", "label", "optional"}
+             "keys", "fallback", "ref", "reverse", "each", "fields", "label", "optional",
+             "option"}
 TYPES = {"money", "money_str", "decimal", "str", "int", "bool", "date", "country"}
 # Country names as FreshBooks writes them -> the ISO codes BILL wants; others pass if 2 letters.
 COUNTRIES = {
@@ -126,6 +128,7 @@ class Context:
     fallbacks: Mapping[str, str]
     resolve_ref: RefResolver
     lookup_labels: Mapping[str, str] = field(default_factory=dict)  # table -> "GL account"
+    options: Mapping[str, Any] = field(default_factory=dict)        # the pair's [options]
 
 
 @dataclass
@@ -170,6 +173,8 @@ class FieldMap:
     def _value(self, rule, record, ctx, where, decisions, missing) -> Any:
         if "const" in rule:
             return rule["const"]
+        if "option" in rule:
+            return ctx.options.get(rule["option"])
         if "template" in rule:
             return _render(rule["template"], record)
         value, used = None, None
@@ -271,8 +276,9 @@ def normalize(rule: Any, where: str) -> dict[str, Any]:
         raise ConfigError(f"unknown type {out['type']!r}; known: {sorted(TYPES)}", key=where)
     if "each" in out:
         out["fields"] = {k: normalize(v, f"{where}.{k}") for k, v in out.get("fields", {}).items()}
-    if not ({"from", "const", "template", "lookup", "each"} & set(out)):
-        raise ConfigError("a rule needs one of from, const, template, lookup or each", key=where)
+    if not ({"from", "const", "template", "lookup", "each", "option"} & set(out)):
+        raise ConfigError("a rule needs one of from, const, template, lookup, option or each",
+                          key=where)
     return out
 
 

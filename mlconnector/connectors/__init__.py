@@ -12,7 +12,6 @@ from ..errors import AuthError, ConfigError
 from ..state import State
 from .base import Connector
 
-# types that can be opened; ServiceTitan and Salesforce only for `auth test` so far
 SUPPORTED = ("freshbooks", "bill", "quickbooks", "servicenow", "servicetitan", "salesforce")
 
 
@@ -119,9 +118,11 @@ def _servicetitan(o: _Opening) -> Connector:
                                  secrets=o.secrets, locks_dir=o.locks, clock=o.clock,
                                  header_secrets={"ST-App-Key": "app_key"},
                                  default_lifetime=900)
-    conn = Connector(o.http(auth, max_in_flight=s.max_in_flight or 4, per_second=50))
-    conn.system_type = "servicetitan"
-    return conn
+    from .servicetitan import ServiceTitan
+
+    # 60 calls a second per app and tenant: stay under it
+    return ServiceTitan(o.http(auth, max_in_flight=s.max_in_flight or 4, per_second=50),
+                        tenant_id=s.tenant_id)
 
 
 def _salesforce(o: _Opening) -> Connector:
@@ -132,9 +133,10 @@ def _salesforce(o: _Opening) -> Connector:
     auth = ClientCredentialsAuth(s.name, token_url=s.token_url(), client_id=s.client_id,
                                  secrets=o.secrets, locks_dir=o.locks, clock=o.clock,
                                  default_lifetime=3600)
-    conn = Connector(o.http(auth, max_in_flight=s.max_in_flight or 4))
-    conn.system_type = "salesforce"
-    return conn
+    from .salesforce import Salesforce, classify
+
+    return Salesforce(o.http(auth, classify, max_in_flight=s.max_in_flight or 4),
+                      api_version=s.api_version)
 
 
 OPENERS: dict[str, Callable[[_Opening], Connector]] = {

@@ -59,6 +59,16 @@ def content_version(data: Mapping[str, Any]) -> str:
     return "h:" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def without_hints(value: Any) -> Any:
+    """A payload without its `_` keys: those steer the engine and the connectors (a
+    reference that must resolve, an external-id field's name) and are never sent."""
+    if isinstance(value, dict):
+        return {k: without_hints(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, list):
+        return [without_hints(v) for v in value]
+    return value
+
+
 def dig(body: Any, key: str | None) -> Any:
     """`a.b.c` into a parsed JSON body."""
     if key is None:
@@ -170,6 +180,7 @@ class Connector:
 
     # -- writing ----------------------------------------------------------------------
     def wrap(self, ep: Endpoint, payload: dict[str, Any]) -> dict[str, Any]:
+        payload = without_hints(payload)
         return {ep.item_key.split(".")[-1]: payload} if ep.item_key else payload
 
     def create(self, entity: str, payload: dict[str, Any]) -> dict[str, Any]:

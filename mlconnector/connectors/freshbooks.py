@@ -10,6 +10,7 @@ the note and look for it before creating.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..errors import (
@@ -21,7 +22,16 @@ from ..errors import (
     Throttled,
 )
 from ..http import HttpClient, Response
-from .base import Connector, Endpoint, dig
+from .base import Connector, Endpoint, Record, dig
+
+try:
+    from zoneinfo import ZoneInfo
+
+    EASTERN: Any = ZoneInfo("America/New_York")
+except Exception:  # no tz database: a fixed EST offset, a day of overlap covers the error
+    from datetime import timezone
+
+    EASTERN = timezone(timedelta(hours=-5))
 
 PER_PAGE = 100  # the API silently caps per_page at 100
 
@@ -102,15 +112,63 @@ class FreshBooks(Connector):
         "categories": Endpoint("expenses/categories", list_key="response.result.categories",
                                item_key="response.result.category", version_field="updated_at",
                                label="expense category"),
+        # receivables: filterable by `updated` (US/Eastern, day granularity)
+        "clients": Endpoint("users/clients", list_key="response.result.clients",
+                            item_key="response.result.client", version_field="updated",
+                            cursor_field="updated", label="client"),
+        "invoices": Endpoint("invoices/invoices", list_key="response.result.invoices",
+                             item_key="response.result.invoice", version_field="updated",
+                             cursor_field="updated", params={"include[]": "lines"},
+                             label="invoice"),
+        "payments": Endpoint("payments/payments", list_key="response.result.payments",
+                             item_key="response.result.payment", version_field="updated",
+                             cursor_field="updated", params={"include[]": "invoice"},
+                             label="payment"),
+        "items": Endpoint("items/items", list_key="response.result.items",
+                          item_key="response.result.item", version_field="updated",
+                          cursor_field="updated", label="item"),
     }
 
     def __init__(self, http: HttpClient, *, account_id: str):
         super().__init__(http, to_utc=zoneless_utc)
         self.account_id = account_id
         self._bills: dict[str, dict[str, Any]] = {}  # read by find, for create's currency
+        self._invoices: dict[str, dict[str, Any]] = {}  # payments' invoices, for this run
 
     def root(self) -> str:
         return f"/accounting/account/{self.account_id}"
+
+    def since_params(self, ep: Endpoint, since: str | None) -> dict[str, Any]:
+        """`search[updated_min]` takes a US/Eastern day: the day before the mark's, so the
+        overlap covers the zone and the day granularity (the engine skips what it has)."""
+        if not since or ep.cursor_field != "updated":
+            return {}
+        mark = datetime.fromisoformat(since.replace("Z", "+00:00")).astimezone(EASTERN)
+        return {"search[updated_min]": (mark.date() - timedelta(days=1)).isoformat()}
+
+    def records(self, ep: Endpoint, row: dict[str, Any]) -> list[Record]:
+        if ep is self.endpoints["payments"] and not isinstance(row.get("invoice"), dict) \
+                and row.get("invoiceid"):
+            # whether the payment settles its invoice: the invoice says (include[]=invoice
+            # is not honoured everywhere)
+            row = {**row, "invoice": self._invoice(str(row["invoiceid"]))}
+        return super().records(ep, row)
+
+    def _invoice(self, invoice_id: str) -> dict[str, Any]:
+        cached = self._invoices.get(invoice_id)
+        if cached is None:
+            full = self.get("invoices", invoice_id) or {}
+            cached = {k: full.get(k) for k in ("id", "invoice_number", "payment_status",
+                                               "outstanding", "status")}
+            if len(self._invoices) < 10_000:  # a run's working set, not the ledger
+                self._invoices[invoice_id] = cached
+        return cached
+
+    def record(self, ep: Endpoint, row: dict[str, Any]) -> Record:
+        rec = super().record(ep, row)
+        if ep.cursor_field == "updated" and row.get("updated"):
+            return Record(rec.id, rec.version, eastern_utc(str(row["updated"])), rec.data)
+        return rec
 
     def delete(self, entity: str, obj_id: str) -> None:
         # vis_state alone: a PUT carrying vis_state discards every other field anyway
@@ -137,11 +195,56 @@ class FreshBooks(Connector):
                 if marker and marker in (paid.get("note") or "") and paid.get("vis_state") in (
                         0, None):
                     return paid
+            return None
+        return self._find_by_key(entity, payload)
+
+    def _search(self, entity: str, **search: Any) -> list[dict[str, Any]]:
+        """Live rows matching `search[...]` filters, every page."""
+        ep = self.endpoints[entity]
+        params = {f"search[{k}]": v for k, v in search.items()}
+        return [row for rows in self.paginator.pages(self.http, self.url(entity), params,
+                                                     ep.list_key)
+                for row in rows if row.get("vis_state") in (0, None)]
+
+    def _find_by_key(self, entity: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """The natural key of each receivables object (and of bill vendors and bills when
+        FreshBooks is the target): client email; item SKU, then name; invoice number;
+        our note on an invoice's payment; vendor name; vendor + bill number."""
+        if entity == "clients" and payload.get("email"):
+            hits = self._search("clients", email=payload["email"])
+            return hits[0] if hits else None
+        if entity == "items":
+            if payload.get("sku"):
+                hits = self._search("items", sku=payload["sku"])
+                if hits:
+                    return hits[0]
+            name = str(payload.get("name") or "").casefold()
+            return next((r for r in self._search("items")
+                         if str(r.get("name") or "").casefold() == name), None) if name else None
+        if entity == "invoices" and payload.get("invoice_number"):
+            hits = self._search("invoices", invoice_number=payload["invoice_number"])
+            return hits[0] if hits else None
+        if entity == "payments" and payload.get("note"):
+            hits = self._search("payments", invoiceid=payload["invoiceid"])
+            return next((r for r in hits if payload["note"] in (r.get("note") or "")), None)
+        if entity == "bill_vendors":
+            name = str(payload.get("vendor_name") or "").casefold()
+            return next((r for r in self._search("bill_vendors")
+                         if str(r.get("vendor_name") or "").casefold() == name), None)
+        if entity == "bills" and payload.get("bill_number"):
+            hits = self._search("bills", vendorid=payload["vendorid"])
+            return next((r for r in hits if r.get("bill_number") == payload["bill_number"]),
+                        None)
         return None
+
+    def id_of(self, entity: str, obj: Any) -> str:
+        return str(obj.get("id") if obj.get("id") is not None else
+                   obj[self.endpoints[entity].id_field])
 
 
     def reset_run_caches(self) -> None:
         self._bills.clear()
+        self._invoices.clear()
 
 
 def zoneless_utc(stamp: str) -> str:
@@ -152,6 +255,15 @@ def zoneless_utc(stamp: str) -> str:
     if len(stamp) == 19 and stamp[10] == " ":
         return stamp.replace(" ", "T") + "Z"
     return stamp
+
+
+def eastern_utc(stamp: str) -> str:
+    """A receivables `updated` ("YYYY-MM-DD HH:MM:SS", US/Eastern, no zone) as ISO UTC."""
+    try:
+        local = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=EASTERN)
+    except ValueError:
+        return stamp
+    return local.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def discover_account_id(http: HttpClient, chosen: str | None = None) -> list[dict[str, str]]:

@@ -284,8 +284,10 @@ class QuickBooks(Connector):
             fresh = [r for r in rows if str(r.get("Id")) not in seen]
             seen = {str(r.get("Id")) for r in rows}
             done = len(rows) < CAP
-            records = [rec for row in fresh for rec in self.records(ep, row)]
-            # the cursor of a query page is not safe to keep (offsets shift): only the end
+            # a query page's cursors are not safe to keep (offsets shift, and a crash must
+            # restart the scan): the watermark moves only at the end
+            records = [Record(r.id, r.version, None, r.data)
+                       for row in fresh for r in self.records(ep, row)]
             yield Page(records, watermark=utc(upper) if done and upper else None)
             if done:
                 return

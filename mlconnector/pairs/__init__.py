@@ -13,7 +13,9 @@ from ..mapping import FieldMap, with_overrides
 
 BUILT_IN = {("freshbooks", "bill"): "freshbooks-bill",
             ("quickbooks", "servicenow"): "quickbooks-servicenow",
-            ("freshbooks", "servicenow"): "freshbooks-servicenow"}
+            ("freshbooks", "servicenow"): "freshbooks-servicenow",
+            ("freshbooks", "salesforce"): "freshbooks-salesforce",
+            ("servicetitan", "freshbooks"): "servicetitan-freshbooks"}
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class FlowDef:
     fields: dict[str, Any]
     only: dict[str, list[str]] = field(default_factory=dict)
     void_when: dict[str, list[str]] = field(default_factory=dict)
+    # options that allow creating in the target; else a record not found there is held
+    create_when: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ def pair_definition(source_type: str, target_type: str) -> PairDef | None:
                 read_side=f["read"]["side"], read_entity=f["read"]["entity"],
                 write_side=f["write"]["side"], write_entity=f["write"]["entity"],
                 fields=f["fields"], only=f.get("only", {}),
-                void_when=f.get("void_when", {}))
+                void_when=f.get("void_when", {}), create_when=f.get("create_when", {}))
         for f in raw["flows"]
     ]
     return PairDef(key, raw.get("description", ""), flows, raw.get("lookups", {}),
