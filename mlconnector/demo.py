@@ -64,7 +64,28 @@ def add_books_to_ap(doc: dict, sn: Any) -> dict[str, str]:
     return {name: spec[0] for name, spec in UNMAPPED.items()}
 
 
-PAIRS = ["freshbooks-bill", "quickbooks-servicenow", "freshbooks-servicenow"]
+def add_field_and_crm(doc: dict, st: Any, sf: Any, fb: Any) -> None:
+    """ServiceTitan -> FreshBooks (the same FreshBooks) and FreshBooks -> Salesforce."""
+    doc["systems"]["field"] = {"type": "servicetitan", "client_id": st.client_id,
+                               "tenant_id": st.tenant_id, "environment": "integration",
+                               "base_url": st.base_url, "auth_url": st.auth_url}
+    doc["systems"]["crm"] = {"type": "salesforce", "client_id": sf.client_id,
+                             "base_url": sf.base_url}
+    category = {c["category"]: str(c["categoryid"]) for c in fb.categories.values()}
+    doc["pairs"]["servicetitan-freshbooks"] = {
+        "source": "field", "target": "books",
+        "lookups": {"expense_categories": {
+            "material": category["Office Expenses & Postage"],
+            "equipment": category["Equipment"]}},
+        "options": {"missing_items": "create"}}
+    doc["pairs"]["freshbooks-salesforce"] = {"source": "books", "target": "crm"}
+
+
+# ServiceTitan first: its customers, invoices and purchase orders become FreshBooks clients,
+# invoices and bills, which the FreshBooks pairs then carry on to BILL, ServiceNow and
+# Salesforce in the same run.
+PAIRS = ["servicetitan-freshbooks", "freshbooks-bill", "freshbooks-servicenow",
+         "freshbooks-salesforce", "quickbooks-servicenow"]
 
 
 def run_demo(*, keep: str | None = None, latency: float = 0.0) -> int:
@@ -78,10 +99,13 @@ def run_demo(*, keep: str | None = None, latency: float = 0.0) -> int:
         FreshBooksSandbox,
         Knobs,
         QuickBooksSandbox,
+        SalesforceSandbox,
         ServiceNowSandbox,
+        ServiceTitanSandbox,
     )
     from .sandbox.keyring_backend import SandboxKeyring
     from .sandbox.seed import seed_demo
+    from .sandbox.seed_field import seed_field
     from .sandbox.seed_ledger import seed_ledger
     from .state import State
 
@@ -91,14 +115,20 @@ def run_demo(*, keep: str | None = None, latency: float = 0.0) -> int:
     keyring.set_keyring(SandboxKeyring())
     knobs = Knobs(latency=latency)
     with FreshBooksSandbox(knobs) as fb, BillSandbox(knobs) as bill, \
-            QuickBooksSandbox(knobs) as qbo, ServiceNowSandbox(knobs) as sn:
+            QuickBooksSandbox(knobs) as qbo, ServiceNowSandbox(knobs) as sn, \
+            ServiceTitanSandbox(knobs) as st, SalesforceSandbox(knobs) as sf:
         seed = seed_demo(fb, bill)
         ledger = seed_ledger(qbo, sn)
-        _say("Sandbox up on 127.0.0.1: FreshBooks, BILL, QuickBooks Online, ServiceNow")
+        field = seed_field(st)
+        _say("Sandbox up on 127.0.0.1: FreshBooks, BILL, QuickBooks Online, ServiceNow, "
+             "ServiceTitan, Salesforce")
         print(f"   FreshBooks: {seed.vendors} bill vendors and {seed.bills} bills; BILL already "
               "knows a few of them (to be matched, not duplicated)")
         print(f"   QuickBooks: {ledger.vendors} vendors, {ledger.bills} bills, a payment of two "
               "bills, an A/P journal entry; ServiceNow already has one of the suppliers")
+        print(f"   ServiceTitan: {field.customers} customers, {field.invoices} invoices with "
+              f"payments, {field.purchase_orders} purchase orders, into FreshBooks and on to "
+              "Salesforce")
         os.environ.update({
             "MLCONNECTOR_BOOKS_CLIENT_SECRET": fb.client_secret,
             "MLCONNECTOR_BOOKS_REFRESH_TOKEN": fb.issue_refresh_token(),
@@ -107,12 +137,16 @@ def run_demo(*, keep: str | None = None, latency: float = 0.0) -> int:
             "MLCONNECTOR_QBO_CLIENT_SECRET": qbo.client_secret,
             "MLCONNECTOR_QBO_REFRESH_TOKEN": qbo.issue_refresh_token(),
             "MLCONNECTOR_SN_CLIENT_SECRET": sn.client_secret,
+            "MLCONNECTOR_FIELD_CLIENT_SECRET": st.client_secret,
+            "MLCONNECTOR_FIELD_APP_KEY": st.app_key,
+            "MLCONNECTOR_CRM_CLIENT_SECRET": sf.client_secret,
         })
         path = work / "connectors.toml"
         doc = demo_config(fb.base_url, bill.base_url, work / "data", dict(seed.gl_lookup),
                           bill.organization_id, bill.username, fb.client_id)
         add_ledger(doc, qbo, sn, ledger)
         books_unmapped = add_books_to_ap(doc, sn)
+        add_field_and_crm(doc, st, sf, fb)
         path.write_text(tomli_w.dumps(doc))
         print(f"   config: {path}")
 
@@ -157,6 +191,9 @@ def run_demo(*, keep: str | None = None, latency: float = 0.0) -> int:
               f"{len(sn.rows('sn_shop_invoice'))} AP invoices "
               f"({len(sn.rows('sn_shop_invoice_line'))} lines), "
               f"{len(sn.rows('sn_shop_invoice_payment_detail'))} payment details")
+        print(f"   FreshBooks has {len(fb.clients)} clients and {len(fb.invoices)} invoices "
+              f"from ServiceTitan; Salesforce has {len(sf.rows('Account'))} accounts and "
+              f"{len(sf.rows('Opportunity'))} opportunities")
         print(f"   audit trail: {audit_path}  (try: jq . {audit_path} | less)")
         print(f"   state, config and audit are in {work}"
               + ("" if keep else " (a temporary directory)"))
