@@ -31,7 +31,6 @@ from ..errors import (
     NotFound,
     ReauthRequired,
     RejectedError,
-    Throttled,
 )
 from ..http import HttpClient, Response, server_message
 from .base import Connector
@@ -84,7 +83,7 @@ def classify(resp: Response) -> ApiError | AuthError | ConfigError | None:
                          fix=f"give the service account {ROLES}; then: "
                              "mlconnector auth test <system>")
     if resp.status == 429:
-        return Throttled(message or "rate limit exceeded", **kw)
+        return None  # http.py's default: Throttled, waiting as long as Retry-After says
     if resp.status == 404:
         return NotFound(message or "no record found", **kw)
     table = re.search(r"Invalid table (\S+)", message or "")
