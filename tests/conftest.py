@@ -107,41 +107,32 @@ def business(tmp_path, monkeypatch):
         yield Business(fb, bill, tmp_path, monkeypatch)
 
 
-class Ledger:
-    """A QuickBooks and a ServiceNow sandbox on one fake clock, a config naming them, and
-    helpers to sync the quickbooks-servicenow pair."""
+class PairHarness:
+    """One pair's config, written the way a user writes it, and the commands' calls on it
+    (`sync`, `replay`, the state). A subclass names the pair and its two systems."""
 
-    PAIR = "quickbooks-servicenow"
+    PAIR = ""
+    SOURCE, TARGET = "", ""
 
-    def __init__(self, qbo, sn, clock, tmp_path: Path, monkeypatch):
-        self.qbo, self.sn, self.clock, self.tmp_path = qbo, sn, clock, tmp_path
+    def __init__(self, tmp_path: Path, clock=None):
+        from mlconnector.clock import SYSTEM_CLOCK
+
+        self.tmp_path, self.clock = tmp_path, clock or SYSTEM_CLOCK
         self.data_dir = tmp_path / "data"
         self.config_path = tmp_path / "connectors.toml"
-        monkeypatch.setenv("MLCONNECTOR_QBO_CLIENT_SECRET", qbo.client_secret)
-        monkeypatch.setenv("MLCONNECTOR_QBO_REFRESH_TOKEN", qbo.issue_refresh_token())
-        monkeypatch.setenv("MLCONNECTOR_SN_CLIENT_SECRET", sn.client_secret)
-        self.gl: dict[str, str] = {}
-        self.cost_centers: dict[str, str] = {}
+        self.lookups: dict[str, dict[str, str]] = {}
         self.fallbacks: dict[str, str] = {}
         self.options: dict[str, str] = {}
-        self.sn_extra: dict = {}
-        self.realm_in_config = True
+
+    def systems(self) -> dict:
+        raise NotImplementedError
 
     def write_config(self) -> Path:
-        doc = {
-            "systems": {
-                "qbo": {"type": "quickbooks", "client_id": self.qbo.client_id,
-                        "base_url": self.qbo.base_url, "auth_url": self.qbo.auth_url,
-                        **({"realm_id": self.qbo.realm_id} if self.realm_in_config else {})},
-                "sn": {"type": "servicenow", "base_url": self.sn.base_url,
-                       "client_id": self.sn.client_id, **self.sn_extra},
-            },
-            "pairs": {self.PAIR: {"source": "qbo", "target": "sn",
-                                  "lookups": {"gl_accounts": self.gl,
-                                              "cost_centers": self.cost_centers},
-                                  "fallbacks": self.fallbacks, "options": self.options}},
-        }
-        self.config_path.write_text(tomli_w.dumps(doc))
+        self.config_path.write_text(tomli_w.dumps({
+            "systems": self.systems(),
+            "pairs": {self.PAIR: {"source": self.SOURCE, "target": self.TARGET,
+                                  "lookups": self.lookups, "fallbacks": self.fallbacks,
+                                  "options": self.options}}}))
         return self.config_path
 
     def config(self):
@@ -164,6 +155,32 @@ class Ledger:
         from mlconnector.state import State
 
         return State(self.data_dir / "state.db")
+
+
+class Ledger(PairHarness):
+    """A QuickBooks and a ServiceNow sandbox on one fake clock."""
+
+    PAIR, SOURCE, TARGET = "quickbooks-servicenow", "qbo", "sn"
+
+    def __init__(self, qbo, sn, clock, tmp_path: Path, monkeypatch):
+        super().__init__(tmp_path, clock)
+        self.qbo, self.sn = qbo, sn
+        monkeypatch.setenv("MLCONNECTOR_QBO_CLIENT_SECRET", qbo.client_secret)
+        monkeypatch.setenv("MLCONNECTOR_QBO_REFRESH_TOKEN", qbo.issue_refresh_token())
+        monkeypatch.setenv("MLCONNECTOR_SN_CLIENT_SECRET", sn.client_secret)
+        self.gl = self.lookups.setdefault("gl_accounts", {})
+        self.cost_centers = self.lookups.setdefault("cost_centers", {})
+        self.sn_extra: dict = {}
+        self.realm_in_config = True
+
+    def systems(self) -> dict:
+        return {
+            "qbo": {"type": "quickbooks", "client_id": self.qbo.client_id,
+                    "base_url": self.qbo.base_url, "auth_url": self.qbo.auth_url,
+                    **({"realm_id": self.qbo.realm_id} if self.realm_in_config else {})},
+            "sn": {"type": "servicenow", "base_url": self.sn.base_url,
+                   "client_id": self.sn.client_id, **self.sn_extra},
+        }
 
     def account(self, name: str, number: str, mapped: bool = True) -> str:
         """A QuickBooks expense account and (mapped) its ServiceNow GL account by number."""

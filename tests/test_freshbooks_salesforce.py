@@ -4,41 +4,30 @@ payments closing them as won; upserts by external id, over loopback."""
 from __future__ import annotations
 
 import pytest
-import tomli_w
 from typer.testing import CliRunner
 
 from mlconnector.cli import app
+from tests.conftest import PairHarness
 
 PAIR = "freshbooks-salesforce"
 
 
-class Crm:
+class Crm(PairHarness):
+    PAIR, SOURCE, TARGET = PAIR, "books", "crm"
+
     def __init__(self, fb, sf, tmp_path, monkeypatch):
-        self.fb, self.sf, self.tmp_path = fb, sf, tmp_path
-        self.path = tmp_path / "connectors.toml"
+        super().__init__(tmp_path)
+        self.fb, self.sf = fb, sf
+        self.path = self.config_path
         monkeypatch.setenv("MLCONNECTOR_BOOKS_CLIENT_SECRET", fb.client_secret)
         monkeypatch.setenv("MLCONNECTOR_BOOKS_REFRESH_TOKEN", fb.issue_refresh_token())
         monkeypatch.setenv("MLCONNECTOR_CRM_CLIENT_SECRET", sf.client_secret)
-        self.options: dict[str, str] = {}
 
-    def config(self):
-        from mlconnector.config import load_config
-
-        self.path.write_text(tomli_w.dumps({
-            "systems": {
-                "books": {"type": "freshbooks", "client_id": self.fb.client_id,
+    def systems(self) -> dict:
+        return {"books": {"type": "freshbooks", "client_id": self.fb.client_id,
                           "base_url": self.fb.base_url, "auth_url": self.fb.base_url},
                 "crm": {"type": "salesforce", "client_id": self.sf.client_id,
-                        "base_url": self.sf.base_url},
-            },
-            "pairs": {PAIR: {"source": "books", "target": "crm", "options": self.options}}}))
-        return load_config(self.path)
-
-    def sync(self):
-        from mlconnector.runner import run_pairs
-
-        (result,) = run_pairs(self.config(), [PAIR])
-        return result
+                        "base_url": self.sf.base_url}}
 
 
 @pytest.fixture

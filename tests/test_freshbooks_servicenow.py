@@ -4,49 +4,29 @@ a config as a user writes it, and `run_pairs` as `mlconnector sync` calls it."""
 from __future__ import annotations
 
 import pytest
-import tomli_w
+
+from tests.conftest import PairHarness
 
 PAIR = "freshbooks-servicenow"
 
 
-class Books:
+class Books(PairHarness):
+    PAIR, SOURCE, TARGET = PAIR, "books", "sn"
+
     def __init__(self, fb, sn, tmp_path, monkeypatch):
-        self.fb, self.sn, self.tmp_path = fb, sn, tmp_path
-        self.data_dir = tmp_path / "data"
+        super().__init__(tmp_path)
+        self.fb, self.sn = fb, sn
         monkeypatch.setenv("MLCONNECTOR_BOOKS_CLIENT_SECRET", fb.client_secret)
         monkeypatch.setenv("MLCONNECTOR_BOOKS_REFRESH_TOKEN", fb.issue_refresh_token())
         monkeypatch.setenv("MLCONNECTOR_SN_CLIENT_SECRET", sn.client_secret)
-        self.gl: dict[str, str] = {}
-        self.cost_centers: dict[str, str] = {}
-        self.fallbacks: dict[str, str] = {}
+        self.gl = self.lookups.setdefault("gl_accounts", {})
+        self.cost_centers = self.lookups.setdefault("cost_centers", {})
 
-    def config(self):
-        from mlconnector.config import load_config
-
-        path = self.tmp_path / "connectors.toml"
-        path.write_text(tomli_w.dumps({
-            "systems": {
-                "books": {"type": "freshbooks", "client_id": self.fb.client_id,
+    def systems(self) -> dict:
+        return {"books": {"type": "freshbooks", "client_id": self.fb.client_id,
                           "base_url": self.fb.base_url, "auth_url": self.fb.base_url},
                 "sn": {"type": "servicenow", "base_url": self.sn.base_url,
-                       "client_id": self.sn.client_id},
-            },
-            "pairs": {PAIR: {"source": "books", "target": "sn",
-                             "lookups": {"gl_accounts": self.gl,
-                                         "cost_centers": self.cost_centers},
-                             "fallbacks": self.fallbacks}}}))
-        return load_config(path)
-
-    def sync(self):
-        from mlconnector.runner import run_pairs
-
-        (result,) = run_pairs(self.config(), [PAIR])
-        return result
-
-    def replay(self, ids):
-        from mlconnector.runner import replay
-
-        return replay(self.config(), ids)
+                       "client_id": self.sn.client_id}}
 
     def category(self, name: str, number: str, mapped: bool = True) -> int:
         cat = self.fb.add_category(name)

@@ -5,48 +5,33 @@ purchase orders as bills; export feeds read from their continuation tokens."""
 from __future__ import annotations
 
 import pytest
-import tomli_w
+
+from tests.conftest import PairHarness
 
 PAIR = "servicetitan-freshbooks"
 
 
-class Field:
+class Field(PairHarness):
+    PAIR, SOURCE, TARGET = PAIR, "field", "books"
+
     def __init__(self, st, fb, tmp_path, monkeypatch):
-        self.st, self.fb, self.tmp_path = st, fb, tmp_path
-        self.data_dir = tmp_path / "data"
+        super().__init__(tmp_path)
+        self.st, self.fb = st, fb
         monkeypatch.setenv("MLCONNECTOR_FIELD_CLIENT_SECRET", st.client_secret)
         monkeypatch.setenv("MLCONNECTOR_FIELD_APP_KEY", st.app_key)
         monkeypatch.setenv("MLCONNECTOR_BOOKS_CLIENT_SECRET", fb.client_secret)
         monkeypatch.setenv("MLCONNECTOR_BOOKS_REFRESH_TOKEN", fb.issue_refresh_token())
-        self.options: dict[str, str] = {}
-        self.categories: dict[str, str] = {}
+        self.categories = self.lookups.setdefault("expense_categories", {})
 
-    def config(self):
-        from mlconnector.config import load_config
-
-        path = self.tmp_path / "connectors.toml"
-        path.write_text(tomli_w.dumps({
-            "systems": {
-                "field": {"type": "servicetitan", "client_id": self.st.client_id,
+    def systems(self) -> dict:
+        return {"field": {"type": "servicetitan", "client_id": self.st.client_id,
                           "tenant_id": self.st.tenant_id, "base_url": self.st.base_url,
                           "auth_url": self.st.auth_url},
                 "books": {"type": "freshbooks", "client_id": self.fb.client_id,
-                          "base_url": self.fb.base_url, "auth_url": self.fb.base_url},
-            },
-            "pairs": {PAIR: {"source": "field", "target": "books", "options": self.options,
-                             "lookups": {"expense_categories": self.categories}}}}))
-        return load_config(path)
-
-    def sync(self):
-        from mlconnector.runner import run_pairs
-
-        (result,) = run_pairs(self.config(), [PAIR])
-        return result
+                          "base_url": self.fb.base_url, "auth_url": self.fb.base_url}}
 
     def replay_all(self):
-        from mlconnector.runner import replay
-
-        return replay(self.config(), None, pair=PAIR)
+        return self.replay()
 
 
 @pytest.fixture

@@ -97,17 +97,21 @@ class ServiceTitan(Connector):
                 yield Page(self._records("pricebook", rows), watermark=json.dumps(
                     tokens, sort_keys=True))
 
-    def _paged(self, ep: Endpoint, since: str | None) -> Iterator[Page]:
+    def _pages(self, path: str, params: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+        """A paginated list (§3.1), page after page until `hasMore` is false."""
         page = 1
         while True:
-            params = {**ep.params, "page": page, "pageSize": PAGE}
-            if since:
-                params["modifiedOnOrAfter"] = since
-            body = self.http.get(self._path(ep.path), params=params).body or {}
-            yield Page(self._records("vendors", list(body.get("data") or [])))
+            body = self.http.get(path, params={**params, "page": page,
+                                               "pageSize": PAGE}).body or {}
+            yield list(body.get("data") or [])
             if not body.get("hasMore"):
                 return
             page += 1
+
+    def _paged(self, ep: Endpoint, since: str | None) -> Iterator[Page]:
+        params = {**ep.params, **({"modifiedOnOrAfter": since} if since else {})}
+        for rows in self._pages(self._path(ep.path), params):
+            yield Page(self._records("vendors", rows))
 
     def _records(self, entity: str, rows: list[dict[str, Any]]) -> list[Record]:
         if entity == "customers" and rows:
@@ -139,18 +143,12 @@ class ServiceTitan(Connector):
         that gets invoice statements."""
         ids = [str(c["id"]) for c in customers]
         found: dict[str, list[dict[str, Any]]] = {}
+        path = self._path("crm/v2/tenant/{tenant}/customers/contacts")
         for i in range(0, len(ids), IDS_PER_CALL):
-            chunk = ids[i:i + IDS_PER_CALL]
-            page = 1
-            while True:
-                body = self.http.get(self._path("crm/v2/tenant/{tenant}/customers/contacts"),
-                                     params={"customerIds": ",".join(chunk), "page": page,
-                                             "pageSize": PAGE}).body or {}
-                for contact in body.get("data") or []:
+            chunk = ",".join(ids[i:i + IDS_PER_CALL])
+            for rows in self._pages(path, {"customerIds": chunk}):
+                for contact in rows:
                     found.setdefault(str(contact.get("customerId")), []).append(contact)
-                if not body.get("hasMore"):
-                    break
-                page += 1
         for customer in customers:
             emails = [c for c in found.get(str(customer["id"]), [])
                       if c.get("type") == "Email" and c.get("active", True) and c.get("value")]
