@@ -86,20 +86,33 @@ def _iso(dt: datetime) -> str:
     return dt.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+@contextmanager
+def opening(db_path: Path) -> Iterator[None]:
+    """Setting up a connection to the state database, one at a time: switching a new file
+    to WAL does not wait on the busy timeout, so two runs opening the state for the first
+    time at once got "database is locked"."""
+    fd = os.open(f"{db_path}.init-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 class State:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.RLock()
-        # the busy timeout before anything else: switching to WAL and creating the schema
-        # take locks that another run opening the same file may hold for a moment
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
                                    timeout=10.0)
         os.chmod(self.path, 0o600)
         self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        with opening(self.path):
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
 
     def __enter__(self) -> State:
         return self

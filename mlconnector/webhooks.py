@@ -317,9 +317,12 @@ class Inbox:
         if not existed:
             self.path.chmod(0o600)
         self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(INBOX_SCHEMA)
+        from .state import opening
+
+        with opening(self.path):
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(INBOX_SCHEMA)
 
     def close(self) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ the note and look for it before creating.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -134,6 +135,8 @@ class FreshBooks(Connector):
         self.account_id = account_id
         self._bills: dict[str, dict[str, Any]] = {}  # read by find, for create's currency
         self._invoices: dict[str, dict[str, Any]] = {}  # payments' invoices, for this run
+        self._names: dict[str, dict[str, dict[str, Any]]] = {}  # see _named
+        self._names_lock = threading.Lock()
 
     def root(self) -> str:
         return f"/accounting/account/{self.account_id}"
@@ -177,6 +180,15 @@ class FreshBooks(Connector):
                       idempotent=True)
 
     def create(self, entity: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if entity in self._names:  # a name index read this run learns what we create
+            made = self._create(entity, payload)
+            field = "name" if entity == "items" else "vendor_name"
+            with self._names_lock:
+                self._names[entity][str(made.get(field) or "").casefold()] = made
+            return made
+        return self._create(entity, payload)
+
+    def _create(self, entity: str, payload: dict[str, Any]) -> dict[str, Any]:
         if entity == "bill_payments" and "code" not in payload.get("amount", {}):
             # a bill payment is in its bill's currency, which the BILL payment does not say
             bill = self._bills.get(str(payload["billid"])) or self.get(
@@ -218,9 +230,7 @@ class FreshBooks(Connector):
                 hits = self._search("items", sku=payload["sku"])
                 if hits:
                     return hits[0]
-            name = str(payload.get("name") or "").casefold()
-            return next((r for r in self._search("items")
-                         if str(r.get("name") or "").casefold() == name), None) if name else None
+            return self._named("items", "name").get(str(payload.get("name") or "").casefold())
         if entity == "invoices" and payload.get("invoice_number"):
             hits = self._search("invoices", invoice_number=payload["invoice_number"])
             return hits[0] if hits else None
@@ -228,14 +238,22 @@ class FreshBooks(Connector):
             hits = self._search("payments", invoiceid=payload["invoiceid"])
             return next((r for r in hits if payload["note"] in (r.get("note") or "")), None)
         if entity == "bill_vendors":
-            name = str(payload.get("vendor_name") or "").casefold()
-            return next((r for r in self._search("bill_vendors")
-                         if str(r.get("vendor_name") or "").casefold() == name), None)
+            return self._named("bill_vendors", "vendor_name").get(
+                str(payload.get("vendor_name") or "").casefold())
         if entity == "bills" and payload.get("bill_number"):
             hits = self._search("bills", vendorid=payload["vendorid"])
             return next((r for r in hits if r.get("bill_number") == payload["bill_number"]),
                         None)
         return None
+
+    def _named(self, entity: str, field: str) -> dict[str, dict[str, Any]]:
+        """Name -> row for lists FreshBooks cannot search by name, read once per run (and
+        kept up to date by our own creates)."""
+        with self._names_lock:
+            if entity not in self._names:
+                self._names[entity] = {str(r.get(field) or "").casefold(): r
+                                       for r in self._search(entity) if r.get(field)}
+            return self._names[entity]
 
     def id_of(self, entity: str, obj: Any) -> str:
         return str(obj.get("id") if obj.get("id") is not None else
@@ -245,6 +263,7 @@ class FreshBooks(Connector):
     def reset_run_caches(self) -> None:
         self._bills.clear()
         self._invoices.clear()
+        self._names.clear()
 
 
 def zoneless_utc(stamp: str) -> str:
