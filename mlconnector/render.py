@@ -173,7 +173,7 @@ def show_status(rows: list[dict[str, Any]], data_dir: Any, *, as_json: bool = Fa
         out.write(f"{row['pair']}: last run {last_text}; held {parked.get('held', 0)}, "
                   f"failed {parked.get('failed', 0)}\n")
         for flow, mark in sorted(row["watermarks"].items()):
-            out.write(f"  {flow}: watermark {mark}, synced {row['synced'].get(flow, 0)}\n")
+            out.write(f"  {flow}: {_position(mark)}, synced {row['synced'].get(flow, 0)}\n")
 
 
 def show_config(cfg: Any, pairs: list[Any], *, as_json: bool = False) -> None:
@@ -229,3 +229,11 @@ def _rule_text(rule: dict[str, Any]) -> str:
         if key in rule:
             bits.append(f"{key}={rule[key]!r}" if key != "from" else " | ".join(rule["from"]))
     return ", ".join(bits)
+
+
+def _position(mark: str) -> str:
+    """A watermark as a person reads it: a time, or (an export feed's opaque token) just
+    where the feed stands."""
+    if len(mark) >= 10 and mark[:4].isdigit() and mark[4] == "-":
+        return f"watermark {mark}"
+    return f"feed position {mark[:12]}…"
