@@ -352,20 +352,20 @@ class ServiceNow(Connector):
 
     # -- invoices and their lines ---------------------------------------------------------
     def _find_invoice(self, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """By our external number, else by supplier + the supplier's invoice number (one
-        query: `^NQ` is ServiceNow's OR between whole conditions)."""
+        """By our external number, else by supplier + the supplier's invoice number. (Two
+        plain queries: `^NQ` would make one, but not every instance or emulator reads it,
+        and one that drops it silently would turn a match into a duplicate.)"""
         number = payload.get("u_external_invoice_number")
         supplier, theirs = payload.get("u_supplier"), payload.get("u_supplier_invoice_number")
-        ours = f"{self.col('invoice', 'external_invoice_number')}={quoted(number)}"
-        by_supplier = (f"{self.col('invoice', 'supplier')}={quoted(supplier)}^"
-                       f"{self.col('invoice', 'supplier_invoice_number')}={quoted(theirs)}"
-                       if supplier and theirs else "")
-        query = "^NQ".join(q for q in (ours if number else "", by_supplier) if q)
-        rows = self.list("invoice", query, limit=5) if query else []
         ext = self.col("invoice", "external_invoice_number")
-        mine = [r for r in rows if number and r.get(ext) == number]
-        if mine:
-            return mine[0]
+        if number:
+            rows = self.list("invoice", f"{ext}={quoted(number)}")
+            if rows:
+                return rows[0]
+        if not (supplier and theirs):
+            return None
+        rows = self.list("invoice", f"{self.col('invoice', 'supplier')}={quoted(supplier)}^"
+                         f"{self.col('invoice', 'supplier_invoice_number')}={quoted(theirs)}")
         if not rows:
             return None
         if rows[0].get(ext):
