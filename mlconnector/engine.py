@@ -396,6 +396,9 @@ class PairRun:
                                 f"{fdef.label} {target_id} in {writer.system_type} already "
                                 f"belongs to {fdef.label} {other.source_id}: two source "
                                 "records share its natural key")
+                        if entity in writer.update_on_match and not self.dry_run:
+                            # complete what a crashed run (or a person) left half done
+                            writer.update(entity, target_id, job.payload)
                     elif fdef.create_when and not all(
                             self.options.get(k) in allowed
                             for k, allowed in fdef.create_when.items()):

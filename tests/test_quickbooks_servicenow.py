@@ -355,3 +355,32 @@ def test_quickbooks_throttling_in_xml_is_waited_out(ledger):
 
     assert result.exit_code == 0, result.aborted
     assert 60 in ledger.clock.slept  # Intuit: wait 60 s after a 429
+
+
+def test_an_invoice_left_without_its_lines_is_completed_not_duplicated(ledger, monkeypatch):
+    """The header was staged, then the target stopped answering before the lines: the
+    record waits for a retry, which finds the invoice by its number and writes it whole."""
+    from mlconnector.connectors.servicenow import ServiceNow
+    from mlconnector.errors import TransientError
+
+    _, bills = seed(ledger, bills=1)
+    real = ServiceNow.stage
+    broken = {"left": 1}
+
+    def stage(self, logical, row, what):
+        if logical == "invoice_line_import" and broken["left"]:
+            broken["left"] -= 1
+            raise TransientError("connection reset", system="servicenow")
+        return real(self, logical, row, what)
+
+    monkeypatch.setattr(ServiceNow, "stage", stage)
+    first = ledger.sync()
+    assert first.exit_code == 4 and first.flows["bills"].failed == 1
+    assert ledger.sn.rows("sn_shop_invoice_line") == []
+
+    ledger.clock.advance(3600)  # the automatic retry is due
+    again = ledger.sync()
+    assert again.exit_code == 0, again.aborted
+    (invoice,) = ledger.sn.rows("sn_shop_invoice")
+    lines = [r for r in ledger.sn.rows("sn_shop_invoice_line") if r["invoice"] == invoice["sys_id"]]
+    assert len(lines) == 2

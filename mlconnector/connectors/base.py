@@ -85,6 +85,9 @@ class Connector:
     system_type = ""
     system_name = ""   # the [systems.NAME] it was opened for (webhook inbox rows carry it)
     webhook_nouns: Mapping[str, str] = {}  # a webhook event's noun -> the entity it names
+    # entities whose record found by its natural key is then written (not only linked):
+    # where a create is several calls, a crash can leave one half done
+    update_on_match: frozenset[str] = frozenset()
     endpoints: Mapping[str, Endpoint] = {}
     paginator: Paginator
     write_concurrency = 2

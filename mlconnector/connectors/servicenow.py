@@ -113,6 +113,8 @@ def quoted(value: Any) -> str:
 class ServiceNow(Connector):
     system_type = "servicenow"
     write_concurrency = 4   # no limit is documented; rate-limit rules answer 429
+    # an invoice is a header and its lines, staged one call each
+    update_on_match = frozenset({"invoices"})
 
     def __init__(self, http: HttpClient, *, system: Any):
         super().__init__(http)
@@ -394,12 +396,14 @@ class ServiceNow(Connector):
             if not sys_id:
                 raise RejectedError(f"ServiceNow ignored invoice {number} and has no invoice "
                                     "with that number", system="servicenow")
+            if known:
+                # lines have no documented coalesce key: replace them, so an update never
+                # doubles them however the instance's transform is set up
+                self._drop_lines(sys_id)
             for line in lines:
                 self.stage("invoice_line_import",
                            {**line, "u_external_invoice_number": number},
                            f"line {line.get('u_erp_line_number')} of invoice {number}")
-            if known:  # only an invoice written before can have lines gone since
-                self._drop_stale_lines(sys_id, lines)
             return sys_id
         else:
             row = self._as_table("invoice", header)
@@ -428,25 +432,22 @@ class ServiceNow(Connector):
         for stale in existing.values():
             self.remove("invoice_line", stale)
 
-    def _drop_stale_lines(self, invoice: str, lines: list[dict[str, Any]]) -> None:
-        """A line deleted in the source: staging can add and update lines, not remove."""
-        link, number = self.col("invoice_line", "invoice"), self.col(
-            "invoice_line", "erp_line_number")
-        keep = {text(line.get("u_erp_line_number")) for line in lines}
+    def _drop_lines(self, invoice: str) -> None:
+        link = self.col("invoice_line", "invoice")
         for row in self.list("invoice_line", f"{link}={invoice}", limit=1000,
-                             fields=["sys_id", number]):
-            if text(row.get(number)) not in keep:
-                self.remove("invoice_line", row["sys_id"])
+                             fields=["sys_id"]):
+            self.remove("invoice_line", row["sys_id"])
 
     # -- payments and journal entries ------------------------------------------------------
     def _write_payment(self, sys_id: str | None, payload: dict[str, Any]) -> str:
         ref = payload.get("u_payment_reference_id")
+        if sys_id:  # a change (a void): the row itself, so a second one is never staged
+            row = self._as_table("payment_detail", payload)
+            return self.patch("payment_detail", sys_id, row).get("sys_id") or sys_id
         if self.via.get("payments", "import_set") == "import_set":
             done = self.stage("payment_detail_import", payload, f"payment {ref}")
             return done or sys_id or (self.find("payments", payload) or {}).get("sys_id", "")
         row = {**self._as_table("payment_detail", payload), "invoice": payload["_invoice"]}
-        if sys_id:
-            return self.patch("payment_detail", sys_id, row)["sys_id"]
         return self.insert("payment_detail", row)["sys_id"]
 
     def _write_journal(self, payload: dict[str, Any]) -> str:
