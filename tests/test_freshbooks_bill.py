@@ -141,3 +141,29 @@ def test_hourly_quota_stops_the_run_with_exit_5_and_the_next_run_finishes(busine
     result = business.sync()
     assert result.exit_code == 0
     assert len(business.bill.bills) == 4
+
+
+def test_a_bill_deleted_in_freshbooks_is_archived_in_bill_when_deletes_is_void(business):
+    business.options["deletes"] = "void"
+    _, bills = seed(business, bills=2)
+    business.sync()
+
+    business.fb.update_bill(bills[0]["id"], vis_state=1)
+    result = business.sync()
+
+    assert result.exit_code == 0, result.aborted
+    assert result.flows["bills"].voided == 1
+    archived = [b for b in business.bill.bills.values() if b["archived"]]
+    assert [b["invoice"]["invoiceNumber"] for b in archived] == ["INV-0"]
+    assert business.sync().flows["bills"].voided == 0  # once
+
+
+def test_a_deleted_freshbooks_bill_is_left_in_bill_by_default_and_audited(business):
+    _, bills = seed(business, bills=1)
+    business.sync()
+    business.fb.update_bill(bills[0]["id"], vis_state=1)
+
+    result = business.sync()
+
+    assert result.exit_code == 0 and result.flows["bills"].skipped == 1
+    assert not any(b["archived"] for b in business.bill.bills.values())

@@ -172,6 +172,10 @@ class Bill(Connector):
         return self.http.put(self.url(entity, obj_id), json=self.wrap(ep, payload),
                              idempotent=True).body
 
+    def delete(self, entity: str, obj_id: str) -> None:
+        """BILL deletes nothing: a bill or vendor is archived (archiving twice is a no-op)."""
+        self.http.post(f"{self.url(entity, obj_id)}/archive", json={}, idempotent=True)
+
     def find(self, entity: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         if entity == "vendors":
             return self._find_vendor(payload)
