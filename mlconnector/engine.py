@@ -191,7 +191,8 @@ class PairRun:
                         f"could not read {fdef.label}s from {reader.system_type}: {exc}",
                         system=exc.system, status=exc.status, code=exc.code) from exc
                 stats.read += len(page)
-                jobs = [j for j in (self._prepare(flow, rec, stats) for rec in page) if j]
+                records = [part for rec in page for part in self._parts_if_deleted(flow, rec)]
+                jobs = [j for j in (self._prepare(flow, rec, stats) for rec in records) if j]
                 # an API's own position (a CDC time, an export token) is taken as it is;
                 # else the newest record's cursor, never moving back
                 told = getattr(page, "watermark", None)
@@ -230,6 +231,16 @@ class PairRun:
             self._write_all([j for j in (self._prepare(flow, r, stats) for r in records)
                              if j], stats)
             inbox.mark_processed(items, self.clock.now())
+
+    def _parts_if_deleted(self, flow: Flow, rec: Record) -> list[Record]:
+        """A deleted object that was written in parts (a payment of several bills, one
+        record each) stands for each of its parts."""
+        void = flow.definition.void_when
+        if not void or not all(str(rec.data.get(f)) in ok for f, ok in void.items()) or \
+                ":" in rec.id or self.state.mapped(self.name, flow.name, rec.id):
+            return [rec]
+        parts = self.state.mapped_parts(self.name, flow.name, rec.id)
+        return [Record(p, rec.version, rec.cursor, rec.data) for p in parts] or [rec]
 
     def _start(self, flow: Flow, full: bool, since: str | None) -> str | None:
         return None if full else (since or self.state.watermark(self.name, flow.name))

@@ -202,6 +202,14 @@ class State:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def mapped_parts(self, pair: str, flow: str, parent_id: str) -> list[str]:
+        """Source ids written as parts of one source object ("201:146", "201:147" for
+        payment 201 of two bills)."""
+        prefix = f"{parent_id}:"
+        return [r[0] for r in self._all(
+            "SELECT source_id FROM id_map WHERE pair=? AND flow=? AND source_id >= ? AND "
+            "source_id < ? ORDER BY source_id", (pair, flow, prefix, prefix + "\uffff"))]
+
     def mapped_source_ids(self, pair: str, flow: str, chunk: int = 500) -> Iterator[list[str]]:
         """Every source id the flow has written, a chunk at a time (memory stays flat)."""
         last = ""

@@ -384,3 +384,20 @@ def test_an_invoice_left_without_its_lines_is_completed_not_duplicated(ledger, m
     (invoice,) = ledger.sn.rows("sn_shop_invoice")
     lines = [r for r in ledger.sn.rows("sn_shop_invoice_line") if r["invoice"] == invoice["sys_id"]]
     assert len(lines) == 2
+
+
+def test_a_deleted_payment_of_two_bills_zeroes_both_payment_details(ledger):
+    ledger.options["deletes"] = "void"
+    _, bills = seed(ledger, bills=2)
+    payment = ledger.qbo.add_bill_payment(bills[0]["VendorRef"]["value"],
+                                          [(bills[0]["Id"], "120.50"), (bills[1]["Id"], "21.50")])
+    ledger.sync()
+    ledger.clock.advance(600)
+
+    ledger.qbo.delete("BillPayment", payment["Id"])  # a stub without the bills it paid
+    result = ledger.sync()
+
+    assert result.exit_code == 0, result.aborted
+    assert result.flows["payments"].voided == 2
+    assert {d["payment_amount"] for d in ledger.sn.rows("sn_shop_invoice_payment_detail")} <= {
+        "0", "0.00"}
