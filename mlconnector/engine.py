@@ -113,6 +113,7 @@ class PairRun:
                  on_progress: Callable[[str, FlowStats], None] | None = None):
         self.name, self.pdef, self.flows, self.options = name, pdef, flows, options
         self.sides = {"source": source, "target": target}
+        source.dry_run = target.dry_run = dry_run
         self.state, self.audit, self.clock, self.dry_run = state, audit, clock, dry_run
         self.on_progress = on_progress or (lambda flow, stats: None)
         self.context = Context(

@@ -401,3 +401,34 @@ def test_a_deleted_payment_of_two_bills_zeroes_both_payment_details(ledger):
     assert result.flows["payments"].voided == 2
     assert {d["payment_amount"] for d in ledger.sn.rows("sn_shop_invoice_payment_detail")} <= {
         "0", "0.00"}
+
+
+def test_dry_run_reads_and_maps_but_writes_nothing(ledger):
+    seed(ledger, bills=2)
+
+    result = ledger.sync(dry_run=True)
+
+    assert result.exit_code == 0, result.aborted
+    assert {w["action"] for w in result.would_write} == {"created"}
+    assert len([w for w in result.would_write if w["flow"] == "bills"]) == 2
+    assert ledger.sn.staging_results == [] and ledger.sn.rows("sn_shop_invoice") == []
+    with ledger.state() as state:
+        assert state.watermarks(ledger.PAIR) == {}
+
+
+def test_dry_run_does_not_claim_a_hand_entered_invoice(ledger):
+    office = ledger.account("Office Supplies", "600100")
+    vendor = ledger.qbo.add_vendor("Northwind Components")
+    ledger.qbo.add_bill(vendor["Id"], [{"amount": "70.00", "account_id": office}],
+                        doc_number="NW-2")
+    existing = ledger.sn.add_supplier("Northwind Components")
+    ledger.sn.add_invoice(existing["sys_id"], "", supplier_invoice_number="NW-2",
+                          subtotal="70.00", invoice_date="2026-03-03", currency="USD")
+    assert ledger.sync(flow="vendors").exit_code == 0  # the supplier is linked for real
+
+    result = ledger.sync(dry_run=True)
+
+    assert result.exit_code == 0, result.aborted
+    assert [w["action"] for w in result.would_write if w["flow"] == "bills"] == ["matched"]
+    (hand,) = ledger.sn.rows("sn_shop_invoice")
+    assert hand["external_invoice_number"] == ""  # a dry run writes nothing, not even a claim

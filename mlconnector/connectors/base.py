@@ -88,6 +88,7 @@ class Connector:
     # entities whose record found by its natural key is then written (not only linked):
     # where a create is several calls, a crash can leave one half done
     update_on_match: frozenset[str] = frozenset()
+    dry_run = False    # set by the engine for `sync --dry-run`: find() must not write either
     endpoints: Mapping[str, Endpoint] = {}
     paginator: Paginator
     write_concurrency = 2

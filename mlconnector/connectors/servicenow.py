@@ -378,7 +378,7 @@ class ServiceNow(Connector):
                                       "reason": "duplicate supplier invoice number"}]})
         # entered by hand before the sync: claim it with our number, so that the staging
         # rows sent from now on coalesce onto it instead of creating a second invoice
-        if number:
+        if number and not self.dry_run:
             claim = {"external_invoice_number": number}
             if payload.get("u_external_invoice_source"):
                 claim["external_invoice_source"] = payload["u_external_invoice_source"]
