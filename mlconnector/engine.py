@@ -179,7 +179,8 @@ class PairRun:
         start = self._start(flow, full, since)
         mark = [self.state.watermark(self.name, flow.name)]
         pages = reader.read(fdef.read_entity, since=start)
-        pending: deque[tuple[list[Future], str | None]] = deque()
+        # each page: its writes, and (the watermark it reaches, whether the API said so)
+        pending: deque[tuple[list[Future], tuple[str | None, bool]]] = deque()
         pool = ThreadPoolExecutor(max_workers=max(1, writer.write_concurrency))
         try:
             while True:
