@@ -92,8 +92,9 @@ def test_webhooks_reach_the_inbox_and_the_next_sync_reads_them(ledger, monkeypat
     assert result.flows["bills"].voided == 1 and result.flows["bills"].updated == 1
     with ledger.state() as state, Inbox(state.path) as inbox:
         assert inbox.pending("qbo") == []
-    read_back = [p for _, p, _ in ledger.qbo.request_log if p.endswith(f"/bill/{bills[1]['Id']}")]
-    assert read_back  # the webhook's object was read again, not trusted
+    paths = [p for _, p, _ in ledger.qbo.request_log]
+    assert any(p.endswith(f"/bill/{bills[0]['Id']}") for p in paths)  # the deletion: checked
+    assert not any(p.endswith(f"/bill/{bills[1]['Id']}") for p in paths)  # the update: CDC
     events = [json.loads(line)["event"] for f in (ledger.data_dir / "audit").glob("*.jsonl")
               for line in f.read_text().splitlines()]
     assert "webhook.rejected" in events and "webhook.received" in events

@@ -367,11 +367,14 @@ class QuickBooks(Connector):
         return next((k for k, ep in self.endpoints.items() if ep.item_key == name), None)
 
     def from_webhooks(self, entity: str, events: list[dict[str, Any]]) -> list[Record]:
-        """Each named object as it is now; one that is gone becomes a deleted stub (CDC
-        has been seen to flag live objects as deleted: the read decides). A merge also
-        names the object merged away."""
+        """Creates and updates are in this run's CDC window already (Intuit: run one CDC,
+        not a read per event; reads are metered). Deletions and merges are what a capped
+        CDC or the query endpoint can miss: each named object is read, and one that is
+        gone becomes a deleted stub (CDC has been seen to flag live objects as deleted:
+        the read decides). A merge also names the object merged away."""
         ep = self.endpoints[entity]
-        ids = dict.fromkeys(str(i) for e in events
+        gone = [e for e in events if e.get("operation") in ("Delete", "Merge")]
+        ids = dict.fromkeys(str(i) for e in gone
                             for i in (e.get("id"), e.get("deleted_id")) if i)
         out: list[Record] = []
         for obj_id in ids:
