@@ -14,13 +14,14 @@ import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from .auth import file_lock
 from .errors import LockHeld
 
 SCHEMA = """
@@ -86,18 +87,11 @@ def _iso(dt: datetime) -> str:
     return dt.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-@contextmanager
-def opening(db_path: Path) -> Iterator[None]:
+def opening(db_path: Path) -> AbstractContextManager[None]:
     """Setting up a connection to the state database, one at a time: switching a new file
     to WAL does not wait on the busy timeout, so two runs opening the state for the first
     time at once got "database is locked"."""
-    fd = os.open(f"{db_path}.init-lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return file_lock(Path(f"{db_path}.init-lock"))
 
 
 class State:

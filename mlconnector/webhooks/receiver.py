@@ -72,6 +72,17 @@ def _keys(secrets: Mapping[str, Any], many: str, one: str) -> list[str]:
     return keys
 
 
+def _signed(header: str | None, keys: list[str], what: str,
+            check: Callable[[str, str], bool]) -> None:
+    """A delivery signed with one of the system's keys, or a 401 saying what is wrong."""
+    if not keys:
+        raise _Reject(401, BAD_SIGNATURE, detail=f"no {what} stored for this system")
+    if header is None:
+        raise _Reject(401, BAD_SIGNATURE, detail="no signature header")
+    if not _any_match(lambda k: check(k, header), keys):
+        raise _Reject(401, BAD_SIGNATURE)
+
+
 def _any_match(check: Callable[[str], bool], keys: list[str]) -> bool:
     matched = False
     for key in keys:  # no early exit: the time taken does not depend on which key matched
@@ -313,13 +324,8 @@ class WebhookReceiver(ThreadingHTTPServer):
                              self_signed=signed, remote=h.client_address[0])
             hook = self.on_handshake
             return (lambda: hook(system, callback_id, verifier)) if hook else None
-        keys = _keys(secrets, "verifiers", "verifier")
-        if not keys:
-            raise _Reject(401, BAD_SIGNATURE, detail="no verifier stored for this system")
-        if header is None:
-            raise _Reject(401, BAD_SIGNATURE, detail="no signature header")
-        if not _any_match(lambda k: same_signature(freshbooks_signature(pairs, k), header), keys):
-            raise _Reject(401, BAD_SIGNATURE)
+        _signed(header, _keys(secrets, "verifiers", "verifier"), "verifier",
+                lambda k, sig: same_signature(freshbooks_signature(pairs, k), sig))
         if not event.name or not event.object_id:
             raise _Reject(400, MALFORMED, detail="no name or object_id")
         added = self._store(h, system, event.name, event.object_id,
@@ -330,14 +336,8 @@ class WebhookReceiver(ThreadingHTTPServer):
 
     def _bill(self, h: BaseHTTPRequestHandler, system: str, body: bytes,
               secrets: Mapping[str, Any]) -> Callable[[], None] | None:
-        keys = _keys(secrets, "security_keys", "security_key")
-        if not keys:
-            raise _Reject(401, BAD_SIGNATURE, detail="no security key stored for this system")
-        header = h.headers.get(BILL_HEADER)
-        if header is None:
-            raise _Reject(401, BAD_SIGNATURE, detail="no signature header")
-        if not _any_match(lambda k: verify_bill(body, header, k), keys):
-            raise _Reject(401, BAD_SIGNATURE)
+        _signed(h.headers.get(BILL_HEADER), _keys(secrets, "security_keys", "security_key"),
+                "security key", lambda k, sig: verify_bill(body, sig, k))
         try:
             event = parse_bill(body)
         except MalformedWebhook:
@@ -348,17 +348,10 @@ class WebhookReceiver(ThreadingHTTPServer):
         hook = self.on_event
         return (lambda: hook(system, event)) if added and hook else None
 
-
     def _quickbooks(self, h: BaseHTTPRequestHandler, system: str, body: bytes,
                     secrets: Mapping[str, Any]) -> Callable[[], None] | None:
-        keys = _keys(secrets, "verifiers", "verifier")
-        if not keys:
-            raise _Reject(401, BAD_SIGNATURE, detail="no verifier token stored for this system")
-        header = h.headers.get(QUICKBOOKS_HEADER)
-        if header is None:
-            raise _Reject(401, BAD_SIGNATURE, detail="no signature header")
-        if not _any_match(lambda k: verify_quickbooks(body, header, k), keys):
-            raise _Reject(401, BAD_SIGNATURE)
+        _signed(h.headers.get(QUICKBOOKS_HEADER), _keys(secrets, "verifiers", "verifier"),
+                "verifier token", lambda k, sig: verify_quickbooks(body, sig, k))
         try:
             events = parse_quickbooks(body)
         except MalformedWebhook:
